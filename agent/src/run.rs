@@ -1,0 +1,147 @@
+//! Wires the agent together and owns its lifecycle.
+//!
+//! Shutdown order (one [`CancellationToken`] reaches every task): intake stops
+//! first (the pipeline stops reading the broker), the uplink finishes its in-flight
+//! batch, then sled is flushed. A deadline bounds the whole sequence.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fieldline_common::config::AgentConfig;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{self, BrokerSettings};
+use crate::counters::Counters;
+use crate::outbox::{Outbox, StoreOptions};
+use crate::pipeline::{self, Pipeline};
+use crate::uplink;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open state in {path}: {source}")]
+    State {
+        path: String,
+        source: crate::outbox::OutboxError,
+    },
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
+    #[error(transparent)]
+    Uplink(#[from] uplink::UplinkError),
+    #[error("pipeline stopped: {0}")]
+    Pipeline(crate::outbox::OutboxError),
+    #[error("{0}")]
+    BrokerStopped(String),
+}
+
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(15);
+
+pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), RunError> {
+    let started_ms = fieldline_common::now_ms();
+    let dir = &cfg.agent.data_dir;
+    std::fs::create_dir_all(dir).map_err(|source| RunError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let outbox = Arc::new(
+        Outbox::open(
+            &dir.join("state"),
+            &StoreOptions {
+                cache_capacity_bytes: cfg.storage.cache_capacity_bytes,
+                flush_every_ms: cfg.storage.flush_every.as_millis() as u64,
+            },
+        )
+        .map_err(|source| RunError::State {
+            path: dir.display().to_string(),
+            source,
+        })?,
+    );
+    let counters = Arc::new(Counters::default());
+    let client = uplink::Client::new(&cfg.uplink, &cfg.agent.id)?;
+
+    let mut broker = broker::start(
+        BrokerSettings {
+            listen: cfg.mqtt.listen,
+            filters: vec![cfg.mqtt.topic_template.filter()],
+            max_payload_bytes: cfg.mqtt.max_payload_bytes,
+            max_connections: cfg.mqtt.max_connections,
+        },
+        counters.clone(),
+    )?;
+    tracing::info!(
+        agent = %cfg.agent.id,
+        mqtt = %cfg.mqtt.listen,
+        fleet = %cfg.uplink.fleet_url,
+        backlog = outbox.len(),
+        next_seq = outbox.last_seq() + 1,
+        "agent running"
+    );
+
+    let wake = Arc::new(Notify::new());
+    // Intake and uplink have their own tokens so intake can stop before the uplink.
+    let stop_intake = CancellationToken::new();
+    let stop_uplink = CancellationToken::new();
+    let pipeline = Pipeline::new(cfg.mqtt.topic_template.clone(), &cfg.window, counters.clone());
+    let mut pipeline_task = tokio::spawn(pipeline::run(
+        pipeline,
+        broker.messages,
+        outbox.clone(),
+        wake.clone(),
+        stop_intake.clone(),
+    ));
+    let drain_task = tokio::spawn(uplink::run_drain(
+        client.clone(),
+        cfg.uplink.clone(),
+        outbox.clone(),
+        wake,
+        stop_uplink.clone(),
+    ));
+    let heartbeat_task = tokio::spawn(uplink::run_heartbeat(
+        client,
+        cfg.uplink.heartbeat_interval,
+        outbox.clone(),
+        counters,
+        started_ms,
+        stop_uplink.clone(),
+    ));
+
+    let mut result = Ok(());
+    let mut pipeline_done = false;
+    tokio::select! {
+        _ = shutdown.cancelled() => tracing::info!("shutting down"),
+        why = &mut broker.stopped => {
+            result = Err(RunError::BrokerStopped(why.unwrap_or_else(|_| "mqtt broker stopped".into())));
+        }
+        r = &mut pipeline_task => {
+            pipeline_done = true;
+            if let Ok(Err(e)) = r {
+                result = Err(RunError::Pipeline(e));
+            }
+        }
+    }
+
+    let finish = async {
+        stop_intake.cancel();
+        if !pipeline_done {
+            if let Ok(Err(e)) = pipeline_task.await {
+                tracing::error!(error = %e, "pipeline failed while stopping");
+            }
+        }
+        stop_uplink.cancel();
+        let _ = drain_task.await;
+        let _ = heartbeat_task.await;
+    };
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, finish).await.is_err() {
+        tracing::warn!("shutdown deadline passed; flushing state anyway");
+    }
+    match outbox.flush() {
+        Ok(bytes) => tracing::info!(bytes, backlog = outbox.len(), "state flushed"),
+        Err(e) => tracing::error!(error = %e, "cannot flush state"),
+    }
+    result
+}
