@@ -57,7 +57,10 @@ pub struct EmbeddedBroker {
 /// rumqttd buffers in its own segments.
 const CHANNEL_CAPACITY: usize = 16_384;
 
-pub fn start(settings: BrokerSettings, counters: Arc<Counters>) -> Result<EmbeddedBroker, BrokerError> {
+pub fn start(
+    settings: BrokerSettings,
+    counters: Arc<Counters>,
+) -> Result<EmbeddedBroker, BrokerError> {
     // rumqttd binds on its own thread and only logs a failure; binding here first
     // turns "port in use" into an error the operator sees.
     TcpListener::bind(settings.listen).map_err(|source| BrokerError::Bind {

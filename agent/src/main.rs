@@ -12,7 +12,11 @@ use fieldline_common::config::AgentConfig;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "fieldline-agent", version, about = "Fieldline edge agent: MQTT in, windowed aggregates out to the fleet")]
+#[command(
+    name = "fieldline-agent",
+    version,
+    about = "Fieldline edge agent: MQTT in, windowed aggregates out to the fleet"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -82,7 +86,15 @@ fn main() -> ExitCode {
                     .with_context(|| format!("--broker `{broker}` must be HOST:PORT"))?;
                 let shutdown = shutdown_on_signal();
                 let n = simulate::run(
-                    SimulateOptions { host, port, devices, metrics, interval, rounds, seed },
+                    SimulateOptions {
+                        host,
+                        port,
+                        devices,
+                        metrics,
+                        interval,
+                        rounds,
+                        seed,
+                    },
                     shutdown,
                 )
                 .await?;
@@ -132,11 +144,14 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn init_tracing() {
+    // rumqttd logs every ordinary client disconnect at ERROR; FIELDLINE_LOG=info,rumqttd=warn
+    // shows its internals when debugging the broker.
     let filter = tracing_subscriber::EnvFilter::try_from_env("FIELDLINE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -148,15 +163,16 @@ fn shutdown_on_signal() -> CancellationToken {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for SIGTERM");
-                    let _ = ctrl_c.await;
-                    t.cancel();
-                    return;
-                }
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot listen for SIGTERM");
+                        let _ = ctrl_c.await;
+                        t.cancel();
+                        return;
+                    }
+                };
             tokio::select! {
                 _ = ctrl_c => {}
                 _ = term.recv() => {}

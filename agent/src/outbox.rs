@@ -178,7 +178,10 @@ fn encode(record: &Record) -> Result<Vec<u8>, OutboxError> {
 fn decode(seq: u64, bytes: &[u8]) -> Result<Record, OutboxError> {
     let corrupt = |why: String| OutboxError::Corrupt { seq, why };
     if bytes.len() < HEADER_LEN {
-        return Err(corrupt(format!("{} bytes is shorter than the header", bytes.len())));
+        return Err(corrupt(format!(
+            "{} bytes is shorter than the header",
+            bytes.len()
+        )));
     }
     if bytes[0] != FORMAT_VERSION {
         return Err(corrupt(format!("unknown format version {}", bytes[0])));
@@ -190,7 +193,10 @@ fn decode(seq: u64, bytes: &[u8]) -> Result<Record, OutboxError> {
     }
     let record: Record = codec::from_cbor(body, codec::MAX_MESSAGE_BYTES)?;
     if record.seq != seq {
-        return Err(corrupt(format!("key says seq {seq}, record says {}", record.seq)));
+        return Err(corrupt(format!(
+            "key says seq {seq}, record says {}",
+            record.seq
+        )));
     }
     Ok(record)
 }
@@ -290,10 +296,21 @@ mod tests {
 
     #[test]
     fn corrupt_record_is_reported() {
-        let mut bytes = encode(&Record { seq: 3, created_ms: 0, body: body(3) }).unwrap();
+        let mut bytes = encode(&Record {
+            seq: 3,
+            created_ms: 0,
+            body: body(3),
+        })
+        .unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
-        assert!(matches!(decode(3, &bytes), Err(OutboxError::Corrupt { seq: 3, .. })));
-        assert!(matches!(decode(3, &[1, 2]), Err(OutboxError::Corrupt { .. })));
+        assert!(matches!(
+            decode(3, &bytes),
+            Err(OutboxError::Corrupt { seq: 3, .. })
+        ));
+        assert!(matches!(
+            decode(3, &[1, 2]),
+            Err(OutboxError::Corrupt { .. })
+        ));
     }
 }

@@ -67,8 +67,12 @@ impl Pipeline {
     }
 
     fn decode(&self, msg: &Message) -> Result<Reading, String> {
-        let series = self.template.series(&msg.topic).map_err(|e| e.to_string())?;
-        let reading = payload::decode(series, &msg.payload, msg.arrival_ms).map_err(|e| e.to_string())?;
+        let series = self
+            .template
+            .series(&msg.topic)
+            .map_err(|e| e.to_string())?;
+        let reading =
+            payload::decode(series, &msg.payload, msg.arrival_ms).map_err(|e| e.to_string())?;
         if reading.ts_ms > msg.arrival_ms.saturating_add(self.max_future_ms) {
             return Err(format!(
                 "timestamp {} is {} ms ahead of the agent clock (window.max_future)",
@@ -82,7 +86,8 @@ impl Pipeline {
     /// Closes due windows, pushing their results onto `out`.
     pub fn advance(&mut self, wall_ms: i64, out: &mut Vec<RecordBody>) {
         let closed = self.windows.advance(wall_ms);
-        self.counters.add(&self.counters.windows_emitted, closed.len() as u64);
+        self.counters
+            .add(&self.counters.windows_emitted, closed.len() as u64);
         out.extend(closed.into_iter().map(RecordBody::Window));
     }
 }

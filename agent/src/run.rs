@@ -86,7 +86,11 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
     // Intake and uplink have their own tokens so intake can stop before the uplink.
     let stop_intake = CancellationToken::new();
     let stop_uplink = CancellationToken::new();
-    let pipeline = Pipeline::new(cfg.mqtt.topic_template.clone(), &cfg.window, counters.clone());
+    let pipeline = Pipeline::new(
+        cfg.mqtt.topic_template.clone(),
+        &cfg.window,
+        counters.clone(),
+    );
     let mut pipeline_task = tokio::spawn(pipeline::run(
         pipeline,
         broker.messages,
@@ -136,7 +140,10 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
         let _ = drain_task.await;
         let _ = heartbeat_task.await;
     };
-    if tokio::time::timeout(SHUTDOWN_DEADLINE, finish).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, finish)
+        .await
+        .is_err()
+    {
         tracing::warn!("shutdown deadline passed; flushing state anyway");
     }
     match outbox.flush() {

@@ -28,7 +28,11 @@ pub enum SimulateError {
 /// Publishes a random walk per series as `{"value": v, "ts": ms}` with QoS 1.
 /// Returns the number of readings published.
 pub async fn run(opts: SimulateOptions, shutdown: CancellationToken) -> Result<u64, SimulateError> {
-    let mut mqtt = MqttOptions::new(format!("fieldline-sim-{}", opts.seed), &opts.host, opts.port);
+    let mut mqtt = MqttOptions::new(
+        format!("fieldline-sim-{}", opts.seed),
+        &opts.host,
+        opts.port,
+    );
     mqtt.set_keep_alive(Duration::from_secs(10));
     let (client, mut eventloop) = AsyncClient::new(mqtt, 1024);
     let addr = format!("{}:{}", opts.host, opts.port);
@@ -80,7 +84,12 @@ pub async fn run(opts: SimulateOptions, shutdown: CancellationToken) -> Result<u
             values[i] += rng.f64() - 0.5;
             let payload = format!(r#"{{"value": {:.3}, "ts": {ts}}}"#, values[i]);
             if let Err(e) = client
-                .publish(format!("sensors/{device}/{metric}"), QoS::AtLeastOnce, false, payload)
+                .publish(
+                    format!("sensors/{device}/{metric}"),
+                    QoS::AtLeastOnce,
+                    false,
+                    payload,
+                )
                 .await
             {
                 failed = Some(e);

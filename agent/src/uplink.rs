@@ -78,7 +78,8 @@ impl Client {
                 body: String::from_utf8_lossy(&body).chars().take(300).collect(),
             });
         }
-        codec::from_cbor(&body, codec::MAX_MESSAGE_BYTES).map_err(|e| UplinkError::Decode(e.to_string()))
+        codec::from_cbor(&body, codec::MAX_MESSAGE_BYTES)
+            .map_err(|e| UplinkError::Decode(e.to_string()))
     }
 
     pub async fn heartbeat(&self, hb: &Heartbeat) -> Result<HeartbeatReply, UplinkError> {
@@ -114,7 +115,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(min: Duration, max: Duration) -> Self {
-        Self { min, max, current: min }
+        Self {
+            min,
+            max,
+            current: min,
+        }
     }
 
     pub fn next_delay(&mut self) -> Duration {
@@ -194,7 +199,12 @@ async fn drain_once(client: &Client, outbox: &Outbox, max: usize) -> Result<usiz
     }
     outbox.ack(ack.acked_seq)?;
     adopt_fleet_seq(outbox, ack.acked_seq);
-    tracing::debug!(records = n, acked = ack.acked_seq, added = ack.added, "batch acknowledged");
+    tracing::debug!(
+        records = n,
+        acked = ack.acked_seq,
+        added = ack.added,
+        "batch acknowledged"
+    );
     Ok(n)
 }
 
@@ -260,7 +270,9 @@ mod tests {
     fn backoff_stays_within_bounds_and_grows() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
         let delays: Vec<_> = (0..10).map(|_| b.next_delay()).collect();
-        assert!(delays.iter().all(|d| *d >= Duration::from_millis(100) && *d <= Duration::from_millis(1000)));
+        assert!(delays
+            .iter()
+            .all(|d| *d >= Duration::from_millis(100) && *d <= Duration::from_millis(1000)));
         assert_eq!(b.current, Duration::from_millis(1000));
         b.reset();
         assert_eq!(b.next_delay(), Duration::from_millis(100));

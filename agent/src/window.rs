@@ -166,7 +166,10 @@ mod tests {
         let out = w.advance(0);
         assert_eq!(out.len(), 1);
         let r = &out[0];
-        assert_eq!((r.start_ms, r.end_ms, r.count, r.sum, r.min, r.max), (0, 1000, 2, 4.0, 1.0, 3.0));
+        assert_eq!(
+            (r.start_ms, r.end_ms, r.count, r.sum, r.min, r.max),
+            (0, 1000, 2, 4.0, 1.0, 3.0)
+        );
         assert_eq!(r.mean, 2.0);
         assert_eq!(w.add(&reading("a", 999, 1.0), 0), Accepted::Late);
     }

@@ -131,6 +131,12 @@ mod tests {
     #[test]
     fn oversized_input_is_refused_before_parsing() {
         let err = from_cbor::<IngestBatch>(&[0u8; 100], 10).unwrap_err();
-        assert!(matches!(err, CodecError::TooLarge { size: 100, limit: 10 }));
+        assert!(matches!(
+            err,
+            CodecError::TooLarge {
+                size: 100,
+                limit: 10
+            }
+        ));
     }
 }

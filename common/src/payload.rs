@@ -120,8 +120,14 @@ mod tests {
     fn accepted_forms() {
         check("21.5", Ok((5_000, 21.5)));
         check("  -3 \n", Ok((5_000, -3.0)));
-        check(r#"{"value": 21.5, "ts": 1732200000000}"#, Ok((1_732_200_000_000, 21.5)));
-        check(r#"{"value": 1, "ts": 1732200000}"#, Ok((1_732_200_000_000, 1.0)));
+        check(
+            r#"{"value": 21.5, "ts": 1732200000000}"#,
+            Ok((1_732_200_000_000, 21.5)),
+        );
+        check(
+            r#"{"value": 1, "ts": 1732200000}"#,
+            Ok((1_732_200_000_000, 1.0)),
+        );
         check(r#"{"value": 1.25}"#, Ok((5_000, 1.25)));
         check(r#"{"value": 2, "ts": null, "unit": "C"}"#, Ok((5_000, 2.0)));
     }
@@ -134,9 +140,18 @@ mod tests {
         check(r#"{"v": 1}"#, Err(DecodeError::MissingValue));
         check(r#"{"value": "1"}"#, Err(DecodeError::MissingValue));
         check(r#"{"value": 1, "ts": -5}"#, Err(DecodeError::BadTimestamp));
-        check(r#"{"value": 1, "ts": "now"}"#, Err(DecodeError::BadTimestamp));
-        assert!(matches!(decode(key(), b"hello", 0), Err(DecodeError::Unrecognised(_))));
-        assert!(matches!(decode(key(), b"{\"value\":", 0), Err(DecodeError::Unrecognised(_))));
+        check(
+            r#"{"value": 1, "ts": "now"}"#,
+            Err(DecodeError::BadTimestamp),
+        );
+        assert!(matches!(
+            decode(key(), b"hello", 0),
+            Err(DecodeError::Unrecognised(_))
+        ));
+        assert!(matches!(
+            decode(key(), b"{\"value\":", 0),
+            Err(DecodeError::Unrecognised(_))
+        ));
         assert_eq!(decode(key(), &[0xff, 0xfe], 0), Err(DecodeError::NotUtf8));
     }
 

@@ -123,12 +123,20 @@ mod tests {
 
     #[test]
     fn matches() {
-        check("sensors/{device}/{metric}", "sensors/dev1/temp", Some(("dev1", "temp")));
+        check(
+            "sensors/{device}/{metric}",
+            "sensors/dev1/temp",
+            Some(("dev1", "temp")),
+        );
         check("sensors/{device}/{metric}", "sensors/dev1", None);
         check("sensors/{device}/{metric}", "sensors/dev1/temp/x", None);
         check("sensors/{device}/{metric}", "other/dev1/temp", None);
         check("sensors/{device}/{metric}", "sensors//temp", None);
-        check("{site}/{metric}/{device}", "berlin/rh/d7", Some(("d7", "rh")));
+        check(
+            "{site}/{metric}/{device}",
+            "berlin/rh/d7",
+            Some(("d7", "rh")),
+        );
     }
 
     #[test]
@@ -139,8 +147,14 @@ mod tests {
 
     #[test]
     fn bad_templates() {
-        assert_eq!(TopicTemplate::parse("a/{device}"), Err(TopicError::MissingPlaceholder));
-        assert_eq!(TopicTemplate::parse("a//{device}/{metric}"), Err(TopicError::Empty));
+        assert_eq!(
+            TopicTemplate::parse("a/{device}"),
+            Err(TopicError::MissingPlaceholder)
+        );
+        assert_eq!(
+            TopicTemplate::parse("a//{device}/{metric}"),
+            Err(TopicError::Empty)
+        );
         assert!(matches!(
             TopicTemplate::parse("a/dev{device}/{metric}"),
             Err(TopicError::PartialPlaceholder(_))

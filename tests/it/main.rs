@@ -1,1 +1,9 @@
+//! End-to-end tests across real processes: `redis-server`, `fieldline-fleet`,
+//! `fieldline-agent`, Debian's `mosquitto_pub` and rumqttc. One test binary
+//! (see `tests/Cargo.toml`), one module per area; [`harness`] starts and stops
+//! everything on free loopback ports and shows process logs when a test fails.
 
+mod cli;
+mod e2e;
+mod harness;
+mod ingest_api;

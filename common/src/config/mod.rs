@@ -213,13 +213,20 @@ fn section<T: for<'de> Deserialize<'de>>(
     name: &str,
     problems: &mut Vec<Problem>,
 ) -> Option<T> {
-    let value = table.get(name).cloned().unwrap_or(toml::Value::Table(Default::default()));
+    let value = table
+        .get(name)
+        .cloned()
+        .unwrap_or(toml::Value::Table(Default::default()));
     match serde_path_to_error::deserialize::<_, T>(value) {
         Ok(v) => Some(v),
         Err(e) => {
             let inner = e.path().to_string();
             problems.push(Problem {
-                path: if inner == "." { name.to_string() } else { join(name, &inner) },
+                path: if inner == "." {
+                    name.to_string()
+                } else {
+                    join(name, &inner)
+                },
                 message: e.into_inner().message().to_string(),
             });
             None
@@ -244,7 +251,10 @@ impl Checker<'_> {
     fn duration(&mut self, field: &str, text: &str, min: Duration) -> Duration {
         match duration::parse(text) {
             Ok(d) if d < min => {
-                self.problem(field, format!("must be at least {}, got {text}", duration::format(min)));
+                self.problem(
+                    field,
+                    format!("must be at least {}, got {text}", duration::format(min)),
+                );
                 min
             }
             Ok(d) => d,
@@ -255,7 +265,12 @@ impl Checker<'_> {
         }
     }
 
-    fn at_least<T: PartialOrd + std::fmt::Display + Copy>(&mut self, field: &str, v: T, min: T) -> T {
+    fn at_least<T: PartialOrd + std::fmt::Display + Copy>(
+        &mut self,
+        field: &str,
+        v: T,
+        min: T,
+    ) -> T {
         if v < min {
             self.problem(field, format!("must be at least {min}, got {v}"));
         }
@@ -271,13 +286,22 @@ fn validate(table: &toml::Table, problems: &mut Vec<Problem>) -> Option<AgentCon
     let storage: Option<raw::Storage> = section(table, "storage", problems);
 
     let agent = agent.map(|a| {
-        let mut c = Checker { section: "agent", problems };
+        let mut c = Checker {
+            section: "agent",
+            problems,
+        };
         if a.id.is_empty() {
             c.problem("id", "must be set (a unique name for this gateway)");
         } else if a.id.len() > 64
-            || !a.id.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+            || !a
+                .id
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
         {
-            c.problem("id", format!("`{}` must be 1-64 characters of [A-Za-z0-9-_.]", a.id));
+            c.problem(
+                "id",
+                format!("`{}` must be 1-64 characters of [A-Za-z0-9-_.]", a.id),
+            );
         }
         if a.data_dir.as_os_str().is_empty() {
             c.problem("data_dir", "must be set");
@@ -289,18 +313,29 @@ fn validate(table: &toml::Table, problems: &mut Vec<Problem>) -> Option<AgentCon
     });
 
     let mqtt = mqtt.and_then(|m| {
-        let mut c = Checker { section: "mqtt", problems };
+        let mut c = Checker {
+            section: "mqtt",
+            problems,
+        };
         let listen = m
             .listen
             .parse::<SocketAddr>()
-            .map_err(|_| c.problem("listen", format!("`{}` is not an address like 0.0.0.0:1883", m.listen)))
+            .map_err(|_| {
+                c.problem(
+                    "listen",
+                    format!("`{}` is not an address like 0.0.0.0:1883", m.listen),
+                )
+            })
             .ok();
         let template = TopicTemplate::parse(&m.topic_template)
             .map_err(|e| c.problem("topic_template", e.to_string()))
             .ok();
         let max_payload_bytes = c.at_least("max_payload_bytes", m.max_payload_bytes, 16);
         if max_payload_bytes > 256 * 1024 * 1024 {
-            c.problem("max_payload_bytes", "must be at most 268435456 (MQTT's limit)");
+            c.problem(
+                "max_payload_bytes",
+                "must be at most 268435456 (MQTT's limit)",
+            );
         }
         let max_connections = c.at_least("max_connections", m.max_connections, 1);
         Some(MqttConfig {
@@ -312,30 +347,58 @@ fn validate(table: &toml::Table, problems: &mut Vec<Problem>) -> Option<AgentCon
     });
 
     let window = window.map(|w| {
-        let mut c = Checker { section: "window", problems };
+        let mut c = Checker {
+            section: "window",
+            problems,
+        };
         WindowConfig {
             size: c.duration("size", &w.size, Duration::from_millis(1)),
-            max_out_of_orderness: c.duration("max_out_of_orderness", &w.max_out_of_orderness, Duration::ZERO),
+            max_out_of_orderness: c.duration(
+                "max_out_of_orderness",
+                &w.max_out_of_orderness,
+                Duration::ZERO,
+            ),
             idle_timeout: c.duration("idle_timeout", &w.idle_timeout, Duration::from_millis(10)),
             max_future: c.duration("max_future", &w.max_future, Duration::ZERO),
         }
     });
 
     let uplink = uplink.map(|u| {
-        let mut c = Checker { section: "uplink", problems };
+        let mut c = Checker {
+            section: "uplink",
+            problems,
+        };
         if !(u.fleet_url.starts_with("http://") || u.fleet_url.starts_with("https://")) {
-            c.problem("fleet_url", format!("`{}` must start with http:// or https://", u.fleet_url));
+            c.problem(
+                "fleet_url",
+                format!("`{}` must start with http:// or https://", u.fleet_url),
+            );
         }
         let batch_max_records = c.at_least("batch_max_records", u.batch_max_records, 1);
         if batch_max_records > 10_000 {
-            c.problem("batch_max_records", format!("must be at most 10000, got {batch_max_records}"));
+            c.problem(
+                "batch_max_records",
+                format!("must be at most 10000, got {batch_max_records}"),
+            );
         }
         let cfg = UplinkConfig {
             fleet_url: u.fleet_url.trim_end_matches('/').to_string(),
             batch_max_records,
-            flush_interval: c.duration("flush_interval", &u.flush_interval, Duration::from_millis(10)),
-            heartbeat_interval: c.duration("heartbeat_interval", &u.heartbeat_interval, Duration::from_millis(100)),
-            request_timeout: c.duration("request_timeout", &u.request_timeout, Duration::from_millis(100)),
+            flush_interval: c.duration(
+                "flush_interval",
+                &u.flush_interval,
+                Duration::from_millis(10),
+            ),
+            heartbeat_interval: c.duration(
+                "heartbeat_interval",
+                &u.heartbeat_interval,
+                Duration::from_millis(100),
+            ),
+            request_timeout: c.duration(
+                "request_timeout",
+                &u.request_timeout,
+                Duration::from_millis(100),
+            ),
             backoff_min: c.duration("backoff_min", &u.backoff_min, Duration::from_millis(1)),
             backoff_max: c.duration("backoff_max", &u.backoff_max, Duration::from_millis(1)),
         };
@@ -346,9 +409,16 @@ fn validate(table: &toml::Table, problems: &mut Vec<Problem>) -> Option<AgentCon
     });
 
     let storage = storage.map(|s| {
-        let mut c = Checker { section: "storage", problems };
+        let mut c = Checker {
+            section: "storage",
+            problems,
+        };
         StorageConfig {
-            cache_capacity_bytes: c.at_least("cache_capacity_bytes", s.cache_capacity_bytes, 1024 * 1024),
+            cache_capacity_bytes: c.at_least(
+                "cache_capacity_bytes",
+                s.cache_capacity_bytes,
+                1024 * 1024,
+            ),
             flush_every: c.duration("flush_every", &s.flush_every, Duration::from_millis(1)),
         }
     });

@@ -1,7 +1,10 @@
 use super::*;
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 #[track_caller]
@@ -17,7 +20,10 @@ fn minimal_config_takes_defaults() {
     let cfg = AgentConfig::from_toml("t.toml", "[agent]\nid = \"gw-1\"\n", env(&[])).unwrap();
     assert_eq!(cfg.agent.id, "gw-1");
     assert_eq!(cfg.window.size, Duration::from_secs(10));
-    assert_eq!(cfg.mqtt.topic_template.as_str(), "sensors/{device}/{metric}");
+    assert_eq!(
+        cfg.mqtt.topic_template.as_str(),
+        "sensors/{device}/{metric}"
+    );
     assert_eq!(cfg.uplink.batch_max_records, 500);
 }
 
@@ -52,15 +58,23 @@ x = 1
     for e in expected {
         assert!(got.iter().any(|g| g == e), "missing {e:?} in {got:#?}");
     }
-    assert!(got.iter().any(|g| g.starts_with("window.max_out_of_orderness: `soon` is not a duration")));
+    assert!(got
+        .iter()
+        .any(|g| g.starts_with("window.max_out_of_orderness: `soon` is not a duration")));
     assert_eq!(got.len(), expected.len() + 1, "{got:#?}");
 }
 
 #[test]
 fn type_errors_name_the_field() {
-    let got = problems("[agent]\nid = \"a\"\n[uplink]\nbatch_max_records = \"many\"\n", &[]);
+    let got = problems(
+        "[agent]\nid = \"a\"\n[uplink]\nbatch_max_records = \"many\"\n",
+        &[],
+    );
     assert_eq!(got.len(), 1, "{got:?}");
-    assert!(got[0].starts_with("uplink.batch_max_records: invalid type"), "{got:?}");
+    assert!(
+        got[0].starts_with("uplink.batch_max_records: invalid type"),
+        "{got:?}"
+    );
 }
 
 #[test]
@@ -91,7 +105,10 @@ fn environment_overrides_file() {
 
 #[test]
 fn unknown_environment_key_is_reported() {
-    let got = problems("[agent]\nid = \"a\"\n", &[("FIELDLINE_WINDOW__SIZZE", "1s")]);
+    let got = problems(
+        "[agent]\nid = \"a\"\n",
+        &[("FIELDLINE_WINDOW__SIZZE", "1s")],
+    );
     assert_eq!(
         got,
         vec!["env FIELDLINE_WINDOW__SIZZE: `window.sizze` is not a config key (use FIELDLINE_<SECTION>__<KEY>)"]

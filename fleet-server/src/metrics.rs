@@ -1,0 +1,80 @@
+//! Fleet counters in the Prometheus text format.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub ingest_batches: AtomicU64,
+    pub ingest_added: AtomicU64,
+    pub ingest_duplicates: AtomicU64,
+    pub ingest_dead_letters: AtomicU64,
+    pub ingest_rejected: AtomicU64,
+    pub ingest_micros: AtomicU64,
+    pub heartbeats: AtomicU64,
+    pub store_errors: AtomicU64,
+}
+
+impl Metrics {
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn render(&self, agents_known: usize) -> String {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut s = String::new();
+        let mut counter = |name: &str, help: &str, samples: &[(&str, u64)]| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (labels, v) in samples {
+                let _ = writeln!(s, "{name}{labels} {v}");
+            }
+        };
+        counter(
+            "fieldline_fleet_ingest_batches_total",
+            "Ingest batches accepted.",
+            &[("", g(&self.ingest_batches))],
+        );
+        counter(
+            "fieldline_fleet_ingest_records_total",
+            "Records in accepted batches by outcome.",
+            &[
+                ("{outcome=\"added\"}", g(&self.ingest_added)),
+                ("{outcome=\"duplicate\"}", g(&self.ingest_duplicates)),
+                ("{outcome=\"dead_letter\"}", g(&self.ingest_dead_letters)),
+            ],
+        );
+        counter(
+            "fieldline_fleet_ingest_rejected_total",
+            "Ingest requests rejected with a 4xx.",
+            &[("", g(&self.ingest_rejected))],
+        );
+        counter(
+            "fieldline_fleet_ingest_seconds_total",
+            "Time spent writing accepted batches to the store, in microseconds / 1e6.",
+            &[],
+        );
+        let _ = writeln!(
+            s,
+            "fieldline_fleet_ingest_seconds_total {}",
+            g(&self.ingest_micros) as f64 / 1e6
+        );
+        let mut counter = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        counter(
+            "fieldline_fleet_heartbeats_total",
+            "Agent heartbeats received.",
+            g(&self.heartbeats),
+        );
+        counter(
+            "fieldline_fleet_store_errors_total",
+            "Requests that failed because the store failed.",
+            g(&self.store_errors),
+        );
+        let _ = writeln!(
+            s,
+            "# HELP fieldline_fleet_agents Agents known to the registry.\n# TYPE fieldline_fleet_agents gauge\nfieldline_fleet_agents {agents_known}"
+        );
+        s
+    }
+}

@@ -1,0 +1,192 @@
+//! The binaries' command lines: config checking, clear startup errors, clean shutdown.
+
+use std::net::TcpListener;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::*;
+
+fn run(bin_name: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin(bin_name))
+        .args(args)
+        .output()
+        .expect("run binary");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_lists_every_problem_of_every_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = agent_config(dir.path(), "good", 1883, "http://127.0.0.1:1", "");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[agent]\nid = \"has space\"\n[window]\nsize = \"-1s\"\n[uplink]\nfleet_url = \"fleet\"\n[typo]\n",
+    )
+    .expect("write");
+    let (code, stdout, _) = run(
+        "fieldline-agent",
+        &["check-config", good.to_str().expect("utf8")],
+    );
+    assert_eq!((code, stdout.as_str()), (0, ""));
+
+    let (code, stdout, _) = run(
+        "fieldline-agent",
+        &[
+            "check-config",
+            good.to_str().expect("utf8"),
+            bad.to_str().expect("utf8"),
+        ],
+    );
+    assert_eq!(code, 1);
+    let b = bad.display();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert!(
+        lines.contains(&format!("{b}: typo: unknown key").as_str()),
+        "{stdout}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{b}: agent.id: `has space` must be"))),
+        "{stdout}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{b}: window.size: `-1s` is not a duration"))),
+        "{stdout}"
+    );
+    assert!(
+        lines.contains(
+            &format!("{b}: uplink.fleet_url: `fleet` must start with http:// or https://").as_str()
+        ),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn agent_reports_a_busy_mqtt_port_in_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let busy = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = busy.local_addr().expect("addr").port();
+    let config = agent_config(dir.path(), "busy", port, "http://127.0.0.1:1", "");
+    let (code, _, stderr) = run(
+        "fieldline-agent",
+        &["run", "--config", config.to_str().expect("utf8")],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!(
+            "fieldline-agent: error: cannot listen for mqtt on 127.0.0.1:{port}: "
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn agent_refuses_an_invalid_config_with_every_problem() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("a.toml");
+    std::fs::write(&config, "[agent]\nid = \"\"\n[mqtt]\nlisten = \"x\"\n").expect("write");
+    let (code, _, stderr) = run(
+        "fieldline-agent",
+        &["run", "--config", config.to_str().expect("utf8")],
+    );
+    assert_eq!(code, 1);
+    assert!(stderr.contains("agent.id: must be set"), "{stderr}");
+    assert!(
+        stderr.contains("mqtt.listen: `x` is not an address"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn fleet_reports_unreachable_redis_and_busy_port_in_one_line() {
+    let dead_port = free_port();
+    let (code, _, stderr) = run(
+        "fieldline-fleet",
+        &[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--redis-url",
+            &format!("redis://127.0.0.1:{dead_port}/"),
+        ],
+    );
+    assert_eq!(code, 1);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "fieldline-fleet: error: cannot reach redis at redis://127.0.0.1:{dead_port}/"
+        )),
+        "{stderr}"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let redis = spawn_redis(dir.path());
+    let busy = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = busy.local_addr().expect("addr");
+    let (code, _, stderr) = run(
+        "fieldline-fleet",
+        &[
+            "run",
+            "--listen",
+            &addr.to_string(),
+            "--redis-url",
+            &redis.url(),
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .starts_with(&format!(
+                "fieldline-fleet: error: cannot listen on {addr}: "
+            )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn agent_and_fleet_stop_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let redis = spawn_redis(dir.path());
+    let mut fleet = spawn_fleet(&redis.url(), dir.path());
+    let mut agent = spawn_agent(dir.path(), "gw-term", &fleet.url());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(agent.proc.terminate(Duration::from_secs(20)), Some(0));
+    let log = agent.proc.log();
+    let flushed = log
+        .find("state flushed")
+        .expect("state flushed on shutdown");
+    let stopping = log.find("shutting down").expect("shutdown logged");
+    assert!(stopping < flushed, "{log}");
+    assert_eq!(fleet.proc.terminate(Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn agent_keeps_running_while_the_fleet_is_unreachable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let mut agent = spawn_agent(dir.path(), "gw-offline", &dead);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        agent
+            .proc
+            .log()
+            .contains("heartbeat failed; will keep trying"),
+        "{}",
+        agent.proc.log()
+    );
+    assert_eq!(agent.proc.terminate(Duration::from_secs(20)), Some(0));
+}

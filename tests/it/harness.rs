@@ -1,0 +1,307 @@
+//! Real processes on free ports, temp dirs, clean teardown, logs on failure.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Directory holding the workspace binaries (`target/<profile>`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("FIELDLINE_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    // target/<profile>/deps/it-<hash> → target/<profile>
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the binaries first with `cargo build --workspace --bins` (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+pub fn require_tool(name: &str) {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(found, "`{name}` is not installed: scripts/test.sh installs it (apt-get install -y redis-server mosquitto-clients)");
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+pub fn wait_for_port(port: u16) {
+    wait_until(
+        &format!("port {port} to accept connections"),
+        Duration::from_secs(15),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
+}
+
+/// A child process whose output goes to a log file; killed on drop, and its log is
+/// printed if the test is failing.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command, log_dir: &Path) -> Proc {
+        let log = log_dir.join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let child = cmd
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            name: name.to_string(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        panic!(
+            "{} did not exit within {timeout:?} after SIGTERM\n{}",
+            self.name,
+            self.log()
+        );
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!(
+                "----- log of {} -----\n{}\n----- end of {} -----",
+                self.name,
+                self.log(),
+                self.name
+            );
+        }
+    }
+}
+
+pub struct Redis {
+    pub port: u16,
+    /// Kept for its Drop: the server stops with the test.
+    _proc: Proc,
+}
+
+impl Redis {
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("redis connection")
+    }
+}
+
+pub fn spawn_redis(dir: &Path) -> Redis {
+    require_tool("redis-server");
+    let port = free_port();
+    let proc = Proc::spawn(
+        &format!("redis-{port}"),
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir),
+        dir,
+    );
+    wait_for_port(port);
+    Redis { port, _proc: proc }
+}
+
+pub struct Fleet {
+    pub port: u16,
+    pub proc: Proc,
+}
+
+impl Fleet {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+pub fn spawn_fleet_on(port: u16, redis_url: &str, dir: &Path) -> Fleet {
+    let proc = Proc::spawn(
+        &format!("fleet-{port}"),
+        Command::new(bin("fieldline-fleet"))
+            .args([
+                "run",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--redis-url",
+                redis_url,
+            ])
+            .env("FIELDLINE_LOG", "info"),
+        dir,
+    );
+    wait_for_port(port);
+    Fleet { port, proc }
+}
+
+pub fn spawn_fleet(redis_url: &str, dir: &Path) -> Fleet {
+    spawn_fleet_on(free_port(), redis_url, dir)
+}
+
+pub struct Agent {
+    pub mqtt_port: u16,
+    pub proc: Proc,
+    pub config: PathBuf,
+}
+
+/// Writes an agent config with short windows for tests; `extra` is appended TOML.
+pub fn agent_config(dir: &Path, id: &str, mqtt_port: u16, fleet_url: &str, extra: &str) -> PathBuf {
+    let path = dir.join(format!("{id}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"[agent]
+id = "{id}"
+data_dir = "{data}"
+
+[mqtt]
+listen = "127.0.0.1:{mqtt_port}"
+
+[window]
+size = "1s"
+max_out_of_orderness = "2s"
+idle_timeout = "1s"
+
+[uplink]
+fleet_url = "{fleet_url}"
+heartbeat_interval = "500ms"
+flush_interval = "200ms"
+backoff_min = "50ms"
+backoff_max = "500ms"
+request_timeout = "2s"
+{extra}"#,
+            data = dir.join(id).display()
+        ),
+    )
+    .expect("write agent config");
+    path
+}
+
+pub fn spawn_agent(dir: &Path, id: &str, fleet_url: &str) -> Agent {
+    let mqtt_port = free_port();
+    let config = agent_config(dir, id, mqtt_port, fleet_url, "");
+    let proc = Proc::spawn(
+        id,
+        Command::new(bin("fieldline-agent"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env("FIELDLINE_LOG", "info,fieldline_agent=debug"),
+        dir,
+    );
+    wait_for_port(mqtt_port);
+    Agent {
+        mqtt_port,
+        proc,
+        config,
+    }
+}
+
+/// All entries of every `fl:{pN}:<suffix>` stream, as field maps.
+pub fn stream_entries(
+    conn: &mut redis::Connection,
+    suffix: &str,
+) -> Vec<std::collections::HashMap<String, String>> {
+    let partitions: u32 = redis::cmd("HGET")
+        .arg("fl:meta")
+        .arg("partitions")
+        .query::<Option<u32>>(conn)
+        .expect("HGET fl:meta")
+        .unwrap_or(0);
+    let mut out = Vec::new();
+    for p in 0..partitions {
+        let entries: Vec<(String, std::collections::HashMap<String, String>)> =
+            redis::cmd("XRANGE")
+                .arg(format!("fl:{{p{p}}}:{suffix}"))
+                .arg("-")
+                .arg("+")
+                .query(conn)
+                .expect("XRANGE");
+        out.extend(entries.into_iter().map(|(_, fields)| fields));
+    }
+    out
+}
