@@ -135,6 +135,8 @@ impl TumblingWindows {
                 min: acc.min,
                 max: acc.max,
                 revision: 0,
+                pipeline: String::new(),
+                aggregates: Default::default(),
             }));
         }
         out

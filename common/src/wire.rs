@@ -3,6 +3,8 @@
 //! Every message carries a protocol version `v`; a receiver rejects versions it does
 //! not know instead of guessing. See `docs/PROTOCOL.md`.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Version of the agent↔fleet wire protocol described in `docs/PROTOCOL.md`.
@@ -43,6 +45,37 @@ pub struct WindowResult {
     pub max: f64,
     /// 0 for the first emission; consumers upsert by (series, start_ms, revision).
     pub revision: u32,
+    /// The pipeline that produced it (empty for the built-in default pipeline).
+    #[serde(default)]
+    pub pipeline: String,
+    /// Further aggregates by name, e.g. `stddev`, `p99`, `rate`.
+    #[serde(default)]
+    pub aggregates: BTreeMap<String, f64>,
+}
+
+/// A reading that arrived after its window closed, kept as its own record when the
+/// pipeline's late policy is `side_output`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LateReading {
+    pub pipeline: String,
+    pub series: SeriesKey,
+    pub ts_ms: i64,
+    pub value: f64,
+    pub watermark_ms: i64,
+    pub received_ms: i64,
+}
+
+/// A detector's verdict on one reading.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Anomaly {
+    pub pipeline: String,
+    pub series: SeriesKey,
+    pub ts_ms: i64,
+    pub value: f64,
+    /// In [0, 1].
+    pub score: f64,
+    pub detector: String,
+    pub reason: String,
 }
 
 /// A payload the agent could not decode. It is kept and uplinked, never dropped silently.
@@ -61,6 +94,8 @@ pub struct DeadLetter {
 pub enum RecordBody {
     Window(WindowResult),
     DeadLetter(DeadLetter),
+    Late(LateReading),
+    Anomaly(Anomaly),
 }
 
 impl RecordBody {
@@ -69,6 +104,8 @@ impl RecordBody {
         match self {
             RecordBody::Window(_) => "window",
             RecordBody::DeadLetter(_) => "dead_letter",
+            RecordBody::Late(_) => "late",
+            RecordBody::Anomaly(_) => "anomaly",
         }
     }
 }

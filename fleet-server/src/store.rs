@@ -86,6 +86,8 @@ pub struct Entry {
     pub seq: u64,
     pub dead: bool,
     pub fields: Vec<(&'static str, Vec<u8>)>,
+    /// Fields with computed names (e.g. `agg.p99`).
+    pub extra: Vec<(String, Vec<u8>)>,
 }
 
 #[derive(Clone)]
@@ -290,6 +292,7 @@ pub fn entry(record: &Record) -> Entry {
                     seq: record.seq,
                     dead: true,
                     fields,
+                    extra: Vec::new(),
                 };
             }
             fields.extend([
@@ -304,11 +307,20 @@ pub fn entry(record: &Record) -> Entry {
                 ("min", num(w.min)),
                 ("max", num(w.max)),
                 ("revision", w.revision.to_string().into_bytes()),
+                ("pipeline", w.pipeline.clone().into_bytes()),
             ]);
+            // Extra aggregates become `agg.<name>` fields, so they cannot collide
+            // with the fixed ones.
+            let extra = w
+                .aggregates
+                .iter()
+                .map(|(name, v)| (format!("agg.{name}"), num(*v)))
+                .collect();
             Entry {
                 seq: record.seq,
                 dead: false,
                 fields,
+                extra,
             }
         }
         RecordBody::DeadLetter(d) => {
@@ -322,6 +334,40 @@ pub fn entry(record: &Record) -> Entry {
                 seq: record.seq,
                 dead: true,
                 fields,
+                extra: Vec::new(),
+            }
+        }
+        RecordBody::Late(l) => {
+            fields.extend([
+                ("pipeline", l.pipeline.clone().into_bytes()),
+                ("series", l.series.to_string().into_bytes()),
+                ("ts_ms", l.ts_ms.to_string().into_bytes()),
+                ("value", num(l.value)),
+                ("watermark_ms", l.watermark_ms.to_string().into_bytes()),
+                ("received_ms", l.received_ms.to_string().into_bytes()),
+            ]);
+            Entry {
+                seq: record.seq,
+                dead: false,
+                fields,
+                extra: Vec::new(),
+            }
+        }
+        RecordBody::Anomaly(a) => {
+            fields.extend([
+                ("pipeline", a.pipeline.clone().into_bytes()),
+                ("series", a.series.to_string().into_bytes()),
+                ("ts_ms", a.ts_ms.to_string().into_bytes()),
+                ("value", num(a.value)),
+                ("score", num(a.score)),
+                ("detector", a.detector.clone().into_bytes()),
+                ("reason", a.reason.clone().into_bytes()),
+            ]);
+            Entry {
+                seq: record.seq,
+                dead: false,
+                fields,
+                extra: Vec::new(),
             }
         }
     }

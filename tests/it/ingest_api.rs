@@ -44,6 +44,8 @@ fn window(seq: u64, count: u64) -> Record {
             min: 1.0,
             max: 1.0,
             revision: 0,
+            pipeline: String::new(),
+            aggregates: Default::default(),
         }),
     }
 }
