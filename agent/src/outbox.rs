@@ -224,6 +224,22 @@ mod tests {
         })
     }
 
+    /// sled's background flusher holds the file lock for a moment after the last
+    /// handle is dropped, so an immediate in-process reopen may need a retry.
+    fn reopen(dir: &Path) -> Outbox {
+        let mut tries = 0;
+        loop {
+            match Outbox::open(dir, &opts()) {
+                Ok(o) => return o,
+                Err(_) if tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("reopen failed: {e}"),
+            }
+        }
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Append(u8),
@@ -273,7 +289,7 @@ mod tests {
                     Op::Reopen => {
                         o.flush().unwrap();
                         drop(ob.take());
-                        ob = Some(Outbox::open(dir.path(), &opts()).unwrap());
+                        ob = Some(reopen(dir.path()));
                     }
                 }
                 let o = ob.as_ref().unwrap();
