@@ -45,34 +45,20 @@ impl Pipeline {
         }
     }
 
-    /// Processes one message, pushing the records it produces onto `out`.
-    pub fn process(&mut self, msg: &Message, out: &mut Vec<RecordBody>) {
-        match self.decode(msg) {
-            Ok(reading) => {
-                self.counters.inc(&self.counters.readings_decoded);
-                if self.windows.add(&reading, msg.arrival_ms) == Accepted::Late {
-                    self.counters.inc(&self.counters.late_dropped);
-                }
-            }
-            Err(reason) => {
-                self.counters.inc(&self.counters.dead_letters);
-                out.push(RecordBody::DeadLetter(DeadLetter {
-                    topic: msg.topic.clone(),
-                    payload: msg.payload.clone(),
-                    reason,
-                    received_ms: msg.arrival_ms,
-                }));
-            }
-        }
+    /// Decodes one message into readings, or the dead letter that keeps it. Pure:
+    /// no state changes, so decoded readings can be logged before they are processed.
+    pub fn decode(&self, msg: &Message) -> Result<Vec<Reading>, DeadLetter> {
+        self.decode_one(msg).map(|r| vec![r]).map_err(|reason| DeadLetter {
+            topic: msg.topic.clone(),
+            payload: msg.payload.clone(),
+            reason,
+            received_ms: msg.arrival_ms,
+        })
     }
 
-    fn decode(&self, msg: &Message) -> Result<Reading, String> {
-        let series = self
-            .template
-            .series(&msg.topic)
-            .map_err(|e| e.to_string())?;
-        let reading =
-            payload::decode(series, &msg.payload, msg.arrival_ms).map_err(|e| e.to_string())?;
+    fn decode_one(&self, msg: &Message) -> Result<Reading, String> {
+        let series = self.template.series(&msg.topic).map_err(|e| e.to_string())?;
+        let reading = payload::decode(series, &msg.payload, msg.arrival_ms).map_err(|e| e.to_string())?;
         if reading.ts_ms > msg.arrival_ms.saturating_add(self.max_future_ms) {
             return Err(format!(
                 "timestamp {} is {} ms ahead of the agent clock (window.max_future)",
@@ -81,6 +67,29 @@ impl Pipeline {
             ));
         }
         Ok(reading)
+    }
+
+    /// Feeds one decoded reading; `arrival_ms` is the agent clock when it arrived.
+    pub fn process(&mut self, reading: &Reading, arrival_ms: i64, _out: &mut Vec<RecordBody>) {
+        if self.windows.add(reading, arrival_ms) == Accepted::Late {
+            self.counters.inc(&self.counters.late_dropped);
+        }
+    }
+
+    /// Decodes and processes one message (dead letters go to `out` too).
+    pub fn handle(&mut self, msg: &Message, out: &mut Vec<RecordBody>) {
+        match self.decode(msg) {
+            Ok(readings) => {
+                for r in &readings {
+                    self.counters.inc(&self.counters.readings_decoded);
+                    self.process(r, msg.arrival_ms, out);
+                }
+            }
+            Err(dead) => {
+                self.counters.inc(&self.counters.dead_letters);
+                out.push(RecordBody::DeadLetter(dead));
+            }
+        }
     }
 
     /// Closes due windows, pushing their results onto `out`.
@@ -114,7 +123,7 @@ pub async fn run(
                     break;
                 }
                 for msg in batch.drain(..) {
-                    pipeline.process(&msg, &mut out);
+                    pipeline.handle(&msg, &mut out);
                 }
             }
             _ = tick.tick() => {}
