@@ -12,8 +12,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use fieldline_common::payload::Reading;
 use fieldline_common::wire::{SeriesKey, WindowResult};
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 struct Acc {
     count: u64,
     sum: f64,
@@ -46,12 +47,13 @@ pub enum Accepted {
     Late,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TumblingWindows {
     size_ms: i64,
     bound_ms: i64,
     idle_ms: i64,
     /// window start → open accumulators of every series with data in it.
+    #[serde(with = "open_as_pairs")]
     open: BTreeMap<i64, HashMap<SeriesKey, Acc>>,
     max_event_ms: Option<i64>,
     last_arrival_wall_ms: i64,
@@ -140,6 +142,34 @@ impl TumblingWindows {
             }));
         }
         out
+    }
+}
+
+/// CBOR map keys must be plain values; open windows are stored as sorted pairs so a
+/// snapshot is also byte-for-byte deterministic.
+mod open_as_pairs {
+    use super::*;
+
+    type Open = BTreeMap<i64, HashMap<SeriesKey, Acc>>;
+
+    pub fn serialize<S: serde::Serializer>(open: &Open, s: S) -> Result<S::Ok, S::Error> {
+        let pairs: Vec<(i64, BTreeMap<&SeriesKey, &Acc>)> = open
+            .iter()
+            .map(|(start, m)| (*start, m.iter().collect()))
+            .collect();
+        let pairs: Vec<(i64, Vec<(&SeriesKey, &Acc)>)> = pairs
+            .into_iter()
+            .map(|(start, m)| (start, m.into_iter().collect()))
+            .collect();
+        pairs.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Open, D::Error> {
+        let pairs: Vec<(i64, Vec<(SeriesKey, Acc)>)> = Deserialize::deserialize(d)?;
+        Ok(pairs
+            .into_iter()
+            .map(|(start, m)| (start, m.into_iter().collect()))
+            .collect())
     }
 }
 
