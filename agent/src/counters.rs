@@ -11,6 +11,19 @@ pub struct Counters {
     pub dead_letters: AtomicU64,
     pub late_dropped: AtomicU64,
     pub windows_emitted: AtomicU64,
+    /// Readings appended to the ingest log.
+    pub readings_logged: AtomicU64,
+    /// Frame bytes appended to the ingest log.
+    pub ingest_log_bytes: AtomicU64,
+    /// Gauges refreshed by the ingest loop about once a second (see
+    /// [`crate::ingest`]): the outbox's bytes and drop counters, the process
+    /// footprint and the store's size.
+    pub outbox_bytes: AtomicU64,
+    pub outbox_dropped: AtomicU64,
+    pub outbox_dropped_bytes: AtomicU64,
+    pub disk_write_bytes: AtomicU64,
+    pub rss_bytes: AtomicU64,
+    pub state_disk_bytes: AtomicU64,
 }
 
 impl Counters {
@@ -20,6 +33,10 @@ impl Counters {
 
     pub fn add(&self, c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn set(&self, c: &AtomicU64, v: u64) {
+        c.store(v, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self, outbox_len: u64, last_seq: u64) -> AgentCounters {
@@ -32,6 +49,13 @@ impl Counters {
             windows_emitted: get(&self.windows_emitted),
             outbox_len,
             last_seq,
+            outbox_bytes: get(&self.outbox_bytes),
+            outbox_dropped: get(&self.outbox_dropped),
+            outbox_dropped_bytes: get(&self.outbox_dropped_bytes),
+            readings_logged: get(&self.readings_logged),
+            disk_write_bytes: get(&self.disk_write_bytes),
+            rss_bytes: get(&self.rss_bytes),
+            state_disk_bytes: get(&self.state_disk_bytes),
         }
     }
 }

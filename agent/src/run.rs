@@ -1,8 +1,12 @@
 //! Wires the agent together and owns its lifecycle.
 //!
+//! Start-up order: open the state store, restore the latest checkpoint and replay
+//! the ingest-log tail ([`crate::ingest::Processor::open`]), then start the broker.
+//!
 //! Shutdown order (one [`CancellationToken`] reaches every task): intake stops
-//! first (the pipeline stops reading the broker), the uplink finishes its in-flight
-//! batch, then sled is flushed. A deadline bounds the whole sequence.
+//! first (the ingest loop finishes its batch and takes a checkpoint), the uplink
+//! finishes its in-flight batch, then sled is flushed. A deadline bounds the whole
+//! sequence.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{self, BrokerSettings};
 use crate::counters::Counters;
-use crate::outbox::{Outbox, StoreOptions};
-use crate::pipeline::{self, Pipeline};
+use crate::ingest::{self, IngestSettings, Processor};
+use crate::outbox::{self, Outbox};
+use crate::pipeline::Pipeline;
+use crate::state::{Store, StoreOptions};
 use crate::uplink;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,14 +33,14 @@ pub enum RunError {
     #[error("cannot open state in {path}: {source}")]
     State {
         path: String,
-        source: crate::outbox::OutboxError,
+        source: crate::ingest::IngestError,
     },
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
     #[error(transparent)]
     Uplink(#[from] uplink::UplinkError),
     #[error("pipeline stopped: {0}")]
-    Pipeline(crate::outbox::OutboxError),
+    Pipeline(crate::ingest::IngestError),
     #[error("{0}")]
     BrokerStopped(String),
 }
@@ -48,21 +54,55 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
         path: dir.display().to_string(),
         source,
     })?;
+    let counters = Arc::new(Counters::default());
+    let state_err = |source: ingest::IngestError| RunError::State {
+        path: dir.join("state").display().to_string(),
+        source,
+    };
+    // One sled database per agent: ingest log, outbox, checkpoints, cursors.
+    let store = Store::open(
+        &dir.join("state"),
+        &StoreOptions {
+            cache_capacity_bytes: cfg.storage.cache_capacity_bytes,
+            flush_every: Some(cfg.storage.flush_every),
+        },
+    )
+    .map_err(|e| state_err(e.into()))?;
     let outbox = Arc::new(
         Outbox::open(
-            &dir.join("state"),
-            &StoreOptions {
-                cache_capacity_bytes: cfg.storage.cache_capacity_bytes,
-                flush_every_ms: cfg.storage.flush_every.as_millis() as u64,
+            &store,
+            outbox::Bounds {
+                max_bytes: cfg.outbox.max_bytes,
+                max_age: cfg.outbox.max_age,
+                on_full: cfg.outbox.on_full,
             },
         )
-        .map_err(|source| RunError::State {
-            path: dir.display().to_string(),
-            source,
-        })?,
+        .map_err(|e| state_err(e.into()))?,
     );
-    let counters = Arc::new(Counters::default());
-    let client = uplink::Client::new(&cfg.uplink, &cfg.agent.id)?;
+    // Recovery (restore the last checkpoint, replay the ingest-log tail) finishes
+    // before the broker accepts the first sensor connection.
+    let pipeline = Pipeline::from_config(&cfg, counters.clone());
+    let (processor, recovery) = Processor::open(
+        pipeline,
+        &store,
+        outbox.clone(),
+        counters.clone(),
+        IngestSettings {
+            durability: cfg.storage.durability,
+            checkpoint_interval: cfg.storage.checkpoint_interval,
+            forward_raw: cfg.outbox.forward_raw_readings,
+        },
+    )
+    .map_err(state_err)?;
+    tracing::info!(
+        checkpoint = ?recovery.checkpoint,
+        replayed_entries = recovery.replayed_entries,
+        replayed_readings = recovery.replayed_readings,
+        records_recreated = recovery.records_recreated,
+        corrupt_entries = recovery.corrupt_entries,
+        "state recovered"
+    );
+    let client = uplink::Client::new(&cfg)?;
 
     let mut broker = broker::start(
         BrokerSettings {
@@ -86,15 +126,9 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
     // Intake and uplink have their own tokens so intake can stop before the uplink.
     let stop_intake = CancellationToken::new();
     let stop_uplink = CancellationToken::new();
-    let pipeline = Pipeline::new(
-        cfg.mqtt.topic_template.clone(),
-        &cfg.window,
-        counters.clone(),
-    );
-    let mut pipeline_task = tokio::spawn(pipeline::run(
-        pipeline,
+    let mut pipeline_task = tokio::spawn(ingest::run(
+        processor,
         broker.messages,
-        outbox.clone(),
         wake.clone(),
         stop_intake.clone(),
     ));

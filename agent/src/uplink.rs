@@ -6,12 +6,16 @@
 //! idempotent by (agent, seq), a crash anywhere resends at most one batch and adds
 //! nothing twice.
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fieldline_common::codec;
-use fieldline_common::config::UplinkConfig;
-use fieldline_common::wire::{Heartbeat, HeartbeatReply, IngestAck, IngestBatch, PROTOCOL_VERSION};
+use fieldline_common::config::{AgentConfig, UplinkConfig};
+use fieldline_common::wire::{
+    ConfigPoll, ConfigPollReply, Heartbeat, HeartbeatReply, IngestAck, IngestBatch,
+    PROTOCOL_VERSION,
+};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +27,10 @@ use crate::outbox::Outbox;
 pub enum UplinkError {
     #[error("fleet unreachable: {0}")]
     Transport(String),
+    #[error("not enrolled: no credential in {0}; run `fieldline-agent enroll --fleet URL --token TOKEN`")]
+    NotEnrolled(String),
+    #[error("cannot read the credential: {0}")]
+    Credential(String),
     #[error("fleet answered {status}: {body}")]
     Status { status: u16, body: String },
     #[error("bad answer from fleet: {0}")]
@@ -36,21 +44,84 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     agent_id: String,
+    credential_file: PathBuf,
+    /// Read lazily so an agent started before enrollment picks the credential up,
+    /// and dropped on 401/403 so a re-enrolled credential is read again.
+    credential: Arc<Mutex<Option<String>>>,
+}
+
+/// The HTTP client every request to the fleet goes through.
+/// With `ca_file`, HTTPS trusts only the CA(s) in it; otherwise the system's.
+pub fn http_client(
+    timeout: Duration,
+    ca_file: Option<&std::path::Path>,
+) -> Result<reqwest::Client, UplinkError> {
+    // One crypto provider for the process (ring, no C build of aws-lc); a second
+    // install attempt is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .user_agent(concat!("fieldline-agent/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| {
+            UplinkError::Transport(format!("cannot read ca_file {}: {e}", path.display()))
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            UplinkError::Transport(format!("ca_file {}: {}", path.display(), error_chain(&e)))
+        })?;
+        if certs.is_empty() {
+            return Err(UplinkError::Transport(format!(
+                "ca_file {} holds no certificate",
+                path.display()
+            )));
+        }
+        builder = builder.tls_certs_only(certs);
+    }
+    builder
+        .build()
+        .map_err(|e| UplinkError::Transport(error_chain(&e)))
 }
 
 impl Client {
-    pub fn new(cfg: &UplinkConfig, agent_id: &str) -> Result<Self, UplinkError> {
-        let http = reqwest::Client::builder()
-            .timeout(cfg.request_timeout)
-            .connect_timeout(cfg.request_timeout.min(Duration::from_secs(5)))
-            .user_agent(concat!("fieldline-agent/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| UplinkError::Transport(e.to_string()))?;
+    pub fn new(cfg: &AgentConfig) -> Result<Self, UplinkError> {
+        let http = http_client(cfg.uplink.request_timeout, cfg.uplink.ca_file.as_deref())?;
         Ok(Self {
             http,
-            base: cfg.fleet_url.clone(),
-            agent_id: agent_id.to_string(),
+            base: cfg.uplink.fleet_url.clone(),
+            agent_id: cfg.agent.id.clone(),
+            credential_file: crate::enroll::credential_path(cfg),
+            credential: Arc::new(Mutex::new(None)),
         })
+    }
+
+    fn credential(&self) -> Result<String, UplinkError> {
+        let mut slot = self
+            .credential
+            .lock()
+            .map_err(|_| UplinkError::Credential("lock poisoned".into()))?;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        match crate::enroll::read_credential(&self.credential_file) {
+            Ok(Some(c)) => {
+                *slot = Some(c.clone());
+                Ok(c)
+            }
+            Ok(None) => Err(UplinkError::NotEnrolled(
+                self.credential_file.display().to_string(),
+            )),
+            Err(e) => Err(UplinkError::Credential(format!(
+                "{}: {e}",
+                self.credential_file.display()
+            ))),
+        }
+    }
+
+    fn forget_credential(&self) {
+        if let Ok(mut slot) = self.credential.lock() {
+            *slot = None;
+        }
     }
 
     async fn post<Req: Serialize, Resp: DeserializeOwned>(
@@ -58,10 +129,23 @@ impl Client {
         path: &str,
         body: &Req,
     ) -> Result<Resp, UplinkError> {
+        self.post_within(path, body, None).await
+    }
+
+    async fn post_within<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Req,
+        timeout: Option<Duration>,
+    ) -> Result<Resp, UplinkError> {
+        let credential = self.credential()?;
         let bytes = codec::to_cbor(body).map_err(|e| UplinkError::Decode(e.to_string()))?;
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.base))
+        let mut req = self.http.post(format!("{}{path}", self.base));
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
+        let resp = req
+            .bearer_auth(credential)
             .header(reqwest::header::CONTENT_TYPE, "application/cbor")
             .body(bytes)
             .send()
@@ -72,6 +156,9 @@ impl Client {
             .bytes()
             .await
             .map_err(|e| UplinkError::Transport(error_chain(&e)))?;
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+            self.forget_credential();
+        }
         if !status.is_success() {
             return Err(UplinkError::Status {
                 status: status.as_u16(),
@@ -86,6 +173,16 @@ impl Client {
         self.post("/api/v1/heartbeat", hb).await
     }
 
+    /// Long poll for the desired config; `timeout` must exceed the poll's `wait_ms`.
+    pub async fn poll_config(
+        &self,
+        poll: &ConfigPoll,
+        timeout: Duration,
+    ) -> Result<ConfigPollReply, UplinkError> {
+        self.post_within("/api/v1/config/poll", poll, Some(timeout))
+            .await
+    }
+
     pub async fn ingest(&self, batch: &IngestBatch) -> Result<IngestAck, UplinkError> {
         self.post("/api/v1/ingest", batch).await
     }
@@ -95,7 +192,7 @@ impl Client {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

@@ -31,6 +31,21 @@ pub fn from_cbor<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, C
     serde_cbor::from_slice(bytes).map_err(|e| CodecError::Invalid(e.to_string()))
 }
 
+/// Like [`from_cbor`], for types that borrow strings from `bytes` (sensor payloads
+/// decoded on the hot path without copying their keys).
+pub fn from_cbor_borrowed<'de, T: serde::Deserialize<'de>>(
+    bytes: &'de [u8],
+    limit: usize,
+) -> Result<T, CodecError> {
+    if bytes.len() > limit {
+        return Err(CodecError::TooLarge {
+            size: bytes.len(),
+            limit,
+        });
+    }
+    serde_cbor::from_slice(bytes).map_err(|e| CodecError::Invalid(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,8 @@
 //! - [`wire`]: records, batches and heartbeats exchanged between agent and fleet.
 //! - [`codec`]: the only place that touches CBOR (serde_cbor is unmaintained, so it
 //!   stays behind this one module).
-//! - [`payload`]: decoding of sensor payloads (JSON object, bare number).
+//! - [`payload`]: decoding of sensor payloads (JSON, CBOR, SenML, bare number).
+//! - [`senml`]: SenML (RFC 8428) packs in JSON and CBOR, resolved.
 //! - [`topic`]: topic templates such as `sensors/{device}/{metric}`.
 //! - [`config`]: the agent configuration schema, validation that reports every problem,
 //!   and `FIELDLINE_*` environment overrides.
@@ -17,6 +18,7 @@ pub mod codec;
 pub mod config;
 pub mod duration;
 pub mod payload;
+pub mod senml;
 pub mod topic;
 pub mod wire;
 

@@ -88,6 +88,16 @@ pub struct DeadLetter {
     pub received_ms: i64,
 }
 
+/// One decoded reading forwarded as is (the agent's `outbox.forward_raw_readings`),
+/// e.g. for fleet-side storage of raw data; `arrival_ms` is the agent clock at arrival.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RawReading {
+    pub series: SeriesKey,
+    pub ts_ms: i64,
+    pub value: f64,
+    pub arrival_ms: i64,
+}
+
 /// What an outbox record carries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -96,6 +106,7 @@ pub enum RecordBody {
     DeadLetter(DeadLetter),
     Late(LateReading),
     Anomaly(Anomaly),
+    Reading(RawReading),
 }
 
 impl RecordBody {
@@ -106,6 +117,7 @@ impl RecordBody {
             RecordBody::DeadLetter(_) => "dead_letter",
             RecordBody::Late(_) => "late",
             RecordBody::Anomaly(_) => "anomaly",
+            RecordBody::Reading(_) => "reading",
         }
     }
 }
@@ -146,6 +158,27 @@ pub struct AgentCounters {
     pub windows_emitted: u64,
     pub outbox_len: u64,
     pub last_seq: u64,
+    /// Bytes the outbox holds (what `outbox.max_bytes` bounds).
+    #[serde(default)]
+    pub outbox_bytes: u64,
+    /// Outbox records dropped by `outbox.max_bytes` / `outbox.max_age` since the
+    /// store was created (persisted across restarts).
+    #[serde(default)]
+    pub outbox_dropped: u64,
+    #[serde(default)]
+    pub outbox_dropped_bytes: u64,
+    /// Readings appended to the ingest log by this process.
+    #[serde(default)]
+    pub readings_logged: u64,
+    /// Bytes this process wrote to the block device (flash wear), from /proc/self/io.
+    #[serde(default)]
+    pub disk_write_bytes: u64,
+    /// Resident set size of the agent process.
+    #[serde(default)]
+    pub rss_bytes: u64,
+    /// Size of the agent's sled database on disk.
+    #[serde(default)]
+    pub state_disk_bytes: u64,
 }
 
 /// `POST /api/v1/heartbeat` body.
@@ -166,4 +199,68 @@ pub struct HeartbeatReply {
     pub server_ms: i64,
     /// The highest `seq` the fleet holds for this agent (0 when none).
     pub acked_seq: u64,
+}
+
+/// `POST /api/v1/enroll` body, sent with `Authorization: Bearer <bootstrap token>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    pub v: u16,
+    pub agent_id: String,
+    pub version: String,
+}
+
+/// `POST /api/v1/enroll` answer. The credential is shown exactly once: the fleet
+/// keeps only its hash. Agents send it as `Authorization: Bearer <credential>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollReply {
+    pub v: u16,
+    pub agent_id: String,
+    pub credential: String,
+}
+
+/// What an agent reports about the fleet config it last received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigReport {
+    pub generation: u64,
+    /// False when the agent rejected it (invalid, or failed to start); the previous
+    /// config keeps running.
+    pub applied: bool,
+    /// Why it was rejected (empty when applied).
+    #[serde(default)]
+    pub error: String,
+}
+
+/// `POST /api/v1/config/poll` body (agent credential). The fleet answers at once when
+/// the desired config differs from `observed_generation`, else when it changes or
+/// after about `wait_ms` (long poll; the fleet caps it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigPoll {
+    pub v: u16,
+    pub agent_id: String,
+    /// Generation of the fleet config the agent runs (0: none, local file only).
+    pub observed_generation: u64,
+    /// Outcome of the newest generation the agent received, if any.
+    #[serde(default)]
+    pub report: Option<ConfigReport>,
+    /// Newest generation the agent has received (applied, being tried, or
+    /// rejected): the fleet does not send it again.
+    #[serde(default)]
+    pub received_generation: u64,
+    pub wait_ms: u64,
+}
+
+/// A fleet config for one agent: a TOML fragment merged over the agent's own file
+/// (it may not contain `[agent]`: identity and data directory stay local).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredConfig {
+    pub generation: u64,
+    pub toml: String,
+}
+
+/// `POST /api/v1/config/poll` answer; `desired` is `None` when the fleet has no
+/// config for the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigPollReply {
+    pub v: u16,
+    pub desired: Option<DesiredConfig>,
 }

@@ -1,8 +1,9 @@
 //! `fieldline-fleet demo`: one command that shows the whole data path on one machine.
 //!
-//! Starts a private `redis-server` on a free port, this fleet server, two
-//! `fieldline-agent` processes (each with its embedded broker on a free port) and a
-//! simulator per agent publishing over real MQTT. Everything it starts is stopped
+//! Starts this fleet server on its embedded store (no Redis needed), two
+//! `fieldline-agent` processes (each enrolled with a fresh bootstrap token, each with
+//! its embedded broker on a free port) and a simulator per agent publishing over
+//! real MQTT. Everything it starts is stopped
 //! again on Ctrl-C, and its files live in one temporary directory.
 
 use std::net::{SocketAddr, TcpListener};
@@ -13,7 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tokio_util::sync::CancellationToken;
 
-use crate::server::{Fleet, FleetConfig};
+use crate::auth::{self, Tokens};
+use crate::server::{Fleet, FleetConfig, StoreConfig};
 
 pub struct DemoOptions {
     pub listen: SocketAddr,
@@ -53,14 +55,6 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn find_in_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .find(|p| p.is_file())
-    })
-}
-
 fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot locate this executable")?;
     let path = exe.with_file_name(name);
@@ -85,44 +79,26 @@ fn wait_for_port(port: u16, what: &str) -> anyhow::Result<()> {
 }
 
 pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let redis_server = find_in_path("redis-server").context(
-        "redis-server not found: install it with `sudo apt-get install -y redis-server` \
-         (the demo starts its own private instance on a free port)",
-    )?;
     let agent_bin = sibling_binary("fieldline-agent")?;
     let dir = std::env::temp_dir().join(format!("fieldline-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut children = Children(Vec::new());
 
-    let redis_port = free_port()?;
-    let redis = Command::new(&redis_server)
-        .args([
-            "--port",
-            &redis_port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(&dir)
-        .stdout(log_file(&dir, "redis.log")?)
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("cannot start {}", redis_server.display()))?;
-    children.0.push(("redis-server".into(), redis));
-    wait_for_port(redis_port, "redis-server")?;
-
+    // Fresh tokens per demo run: nothing guessable ever listens, even on loopback.
+    let admin_token = auth::random_secret()?;
+    let bootstrap_token = auth::random_secret()?;
     let fleet = Fleet::bind(&FleetConfig {
         listen: opts.listen,
-        redis_url: format!("redis://127.0.0.1:{redis_port}/"),
-        partitions: 4,
+        store: StoreConfig::Embedded {
+            dir: dir.join("fleet-store"),
+        },
         stream_maxlen: 1_000_000,
         max_body_bytes: 8 * 1024 * 1024,
         max_batch_records: 10_000,
         stale_after: Duration::from_secs(15),
+        tokens: Tokens::new(&admin_token, std::slice::from_ref(&bootstrap_token))
+            .map_err(|e| anyhow::anyhow!(e))?,
+        tls: None,
     })
     .await?;
     let fleet_addr = fleet.local_addr()?;
@@ -142,6 +118,24 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
                 dir.join(&id).display()
             ),
         )?;
+        let mut enroll = Command::new(&agent_bin);
+        enroll
+            .arg("enroll")
+            .arg("--config")
+            .arg(&config)
+            .args(["--token", &bootstrap_token])
+            .stdout(Stdio::null())
+            .stderr(log_file(&dir, &format!("{id}-enroll.log"))?);
+        // Blocking wait off the runtime: the fleet answering the enrollment runs on it.
+        let enrolled = tokio::task::spawn_blocking(move || enroll.status())
+            .await?
+            .with_context(|| format!("cannot start {}", agent_bin.display()))?;
+        if !enrolled.success() {
+            bail!(
+                "enrolling {id} failed; see {}",
+                dir.join(format!("{id}-enroll.log")).display()
+            );
+        }
         let agent = Command::new(&agent_bin)
             .arg("run")
             .arg("--config")
@@ -169,16 +163,20 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     }
 
     println!("\nFieldline demo is running (Ctrl-C stops everything).\n");
-    println!("  Fleet (agents, JSON):  http://{fleet_addr}/api/v1/agents");
+    println!("  Fleet (agents, JSON):  curl -H 'Authorization: Bearer {admin_token}' http://{fleet_addr}/api/v1/agents");
+    println!("  Dead letters:          curl -H 'Authorization: Bearer {admin_token}' http://{fleet_addr}/api/v1/dlq");
     println!("  Metrics:               http://{fleet_addr}/metrics");
-    println!("  Redis:                 redis-cli -p {redis_port} XRANGE 'fl:{{p0}}:records' - + COUNT 5   (partitions p0..p3)");
+    println!(
+        "  Store:                 embedded (sled) in {}",
+        dir.join("fleet-store").display()
+    );
     for (id, port) in &brokers {
         println!("  {id} MQTT:       mosquitto_pub -p {port} -t sensors/dev1/temp -m 21.5");
     }
     println!("  Logs:                  {}\n", dir.display());
 
     shutdown.cancelled().await;
-    println!("demo: stopping agents, simulators and redis");
+    println!("demo: stopping agents and simulators");
     drop(children);
     fleet_shutdown.cancel();
     let _ = fleet_task.await;

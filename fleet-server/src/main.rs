@@ -1,20 +1,23 @@
 //! `fieldline-fleet`: thin binary over the library.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use fieldline_fleet::auth::Tokens;
 use fieldline_fleet::demo::{self, DemoOptions};
-use fieldline_fleet::server::{Fleet, FleetConfig};
+use fieldline_fleet::server::{Fleet, FleetConfig, StoreConfig};
+use fieldline_fleet::store::workers::{Retention, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
     name = "fieldline-fleet",
     version,
-    about = "Fieldline fleet server: agent registry and idempotent ingest into Redis Streams"
+    about = "Fieldline fleet server: enrollment, agent registry and idempotent ingest into Redis Streams or an embedded store"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -24,9 +27,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the fleet server.
-    Run(RunArgs),
-    /// Start a private redis-server, this fleet server, two agents and simulated
-    /// sensors on this machine, and print where to look.
+    Run(Box<RunArgs>),
+    /// Generate a development CA and a server certificate signed by it (for the
+    /// quick start and tests; use your own PKI in production).
+    DevCa(DevCaArgs),
+    /// Start this fleet server (embedded store), two agents and simulated sensors on
+    /// this machine, and print where to look. No Redis needed.
     Demo {
         /// Address of the fleet HTTP API.
         #[arg(long, env = "FIELDLINE_LISTEN", default_value = "127.0.0.1:8080")]
@@ -38,14 +44,66 @@ enum Command {
 }
 
 #[derive(clap::Args)]
+struct DevCaArgs {
+    /// Directory for ca.pem, fleet.pem and fleet-key.pem.
+    #[arg(long)]
+    out: PathBuf,
+    /// DNS names or IP addresses the server certificate is valid for.
+    #[arg(long = "host", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+    hosts: Vec<String>,
+}
+
+#[derive(clap::Args)]
 struct RunArgs {
     /// Address of the HTTP API.
     #[arg(long, env = "FIELDLINE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Redis URL, e.g. redis://127.0.0.1:6379/0 or rediss://... for TLS.
+    /// Redis URL, e.g. redis://127.0.0.1:6379/0 or rediss://... for TLS. Without it the
+    /// fleet runs on its embedded store in --data-dir (a single node).
     #[arg(long, env = "FIELDLINE_REDIS_URL")]
-    redis_url: String,
-    /// Stream partitions; fixed for the lifetime of a Redis dataset.
+    redis_url: Option<String>,
+    /// Directory of the embedded store (used when no --redis-url is given).
+    #[arg(
+        long,
+        env = "FIELDLINE_DATA_DIR",
+        default_value = "fieldline-fleet-data"
+    )]
+    data_dir: PathBuf,
+    /// Token for the admin API (at least 16 characters; prefer the environment
+    /// variable, command lines are visible to other users).
+    #[arg(long, env = "FIELDLINE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: String,
+    /// Token(s) agents present to enroll (comma-separated; at least 16 characters each).
+    #[arg(
+        long,
+        env = "FIELDLINE_BOOTSTRAP_TOKEN",
+        value_delimiter = ',',
+        required = true,
+        hide_env_values = true
+    )]
+    bootstrap_token: Vec<String>,
+    /// Do not run global-state workers in this process (Redis only; at least one
+    /// fleet server per Redis should run them).
+    #[arg(long, env = "FIELDLINE_NO_WORKERS")]
+    no_workers: bool,
+    /// Stream retention applied by the workers: maxlen:<entries> or age:<duration>
+    /// (e.g. age:7d). Default: only --stream-maxlen bounds the streams.
+    #[arg(long, env = "FIELDLINE_RETENTION", value_parser = Retention::parse)]
+    retention: Option<Retention>,
+    /// Attempts before a record the workers cannot apply goes to the DLQ.
+    #[arg(long, env = "FIELDLINE_WORKER_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    worker_max_attempts: u32,
+    /// Partition lease time; a crashed server's partitions move after this.
+    #[arg(long, env = "FIELDLINE_WORKER_LEASE", default_value = "10s", value_parser = fieldline_common::duration::parse)]
+    worker_lease: Duration,
+    /// PEM certificate chain for HTTPS (with --tls-key); `fieldline-fleet dev-ca`
+    /// makes one for testing.
+    #[arg(long, env = "FIELDLINE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "FIELDLINE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Stream partitions (Redis only); fixed for the lifetime of a Redis dataset.
     #[arg(long, env = "FIELDLINE_PARTITIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     partitions: u32,
     /// Approximate max entries kept per stream partition (XADD MAXLEN ~).
@@ -89,16 +147,43 @@ async fn run(command: Command) -> anyhow::Result<()> {
     let shutdown = shutdown_on_signal();
     match command {
         Command::Run(a) => {
+            let tokens = Tokens::new(&a.admin_token, &a.bootstrap_token)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let store = match a.redis_url {
+                Some(url) => StoreConfig::Redis {
+                    url,
+                    partitions: a.partitions,
+                    workers: (!a.no_workers).then(|| WorkerConfig {
+                        lease: a.worker_lease.max(Duration::from_millis(500)),
+                        max_attempts: a.worker_max_attempts,
+                        retention: a.retention,
+                        ..WorkerConfig::default()
+                    }),
+                },
+                None => StoreConfig::Embedded { dir: a.data_dir },
+            };
             let cfg = FleetConfig {
                 listen: a.listen,
-                redis_url: a.redis_url,
-                partitions: a.partitions,
+                store,
+                tokens,
+                tls: a.tls_cert.zip(a.tls_key),
                 stream_maxlen: a.stream_maxlen,
                 max_body_bytes: a.max_body_bytes,
                 max_batch_records: a.max_batch_records,
                 stale_after: a.stale_after,
             };
             Fleet::bind(&cfg).await?.serve(shutdown).await?;
+        }
+        Command::DevCa(a) => {
+            let files = fieldline_fleet::tls::generate_dev_ca(&a.out, &a.hosts)?;
+            println!(
+                "CA certificate (agents: [uplink] ca_file): {}\nserver certificate: {}\nserver key: {}\n\nfieldline-fleet run --tls-cert {} --tls-key {} ...",
+                files.ca_cert.display(),
+                files.server_cert.display(),
+                files.server_key.display(),
+                files.server_cert.display(),
+                files.server_key.display()
+            );
         }
         Command::Demo { listen, agents } => {
             demo::run(

@@ -13,6 +13,7 @@ pub struct Metrics {
     pub ingest_micros: AtomicU64,
     pub heartbeats: AtomicU64,
     pub store_errors: AtomicU64,
+    pub auth_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -70,6 +71,11 @@ impl Metrics {
             "fieldline_fleet_store_errors_total",
             "Requests that failed because the store failed.",
             g(&self.store_errors),
+        );
+        counter(
+            "fieldline_fleet_auth_failures_total",
+            "Requests refused for a missing, wrong or revoked credential or token.",
+            g(&self.auth_failures),
         );
         let _ = writeln!(
             s,

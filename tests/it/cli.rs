@@ -9,6 +9,9 @@ use crate::harness::*;
 fn run(bin_name: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin(bin_name))
         .args(args)
+        // The fleet refuses to start without them; the agent ignores them.
+        .env("FIELDLINE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("FIELDLINE_BOOTSTRAP_TOKEN", BOOTSTRAP_TOKEN)
         .output()
         .expect("run binary");
     (

@@ -6,6 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A blocking HTTP client. reqwest is built with rustls but no bundled crypto
+/// provider (the agent uses ring, not aws-lc): every test process must install one
+/// before building a client, so build clients through this.
+pub fn http_builder() -> reqwest::blocking::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::blocking::Client::builder()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -200,18 +208,51 @@ impl Fleet {
     }
 }
 
+/// Token for the admin API of every fleet the harness starts.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// Token agents enroll with on every fleet the harness starts.
+pub const BOOTSTRAP_TOKEN: &str = "test-bootstrap-token-0123456789";
+
+/// A `fieldline-fleet run` command with the harness tokens and no store chosen yet.
+pub fn fleet_command(port: u16) -> Command {
+    let mut cmd = Command::new(bin("fieldline-fleet"));
+    cmd.args(["run", "--listen", &format!("127.0.0.1:{port}")])
+        .env("FIELDLINE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("FIELDLINE_BOOTSTRAP_TOKEN", BOOTSTRAP_TOKEN)
+        .env("FIELDLINE_LOG", "info");
+    cmd
+}
+
 pub fn spawn_fleet_on(port: u16, redis_url: &str, dir: &Path) -> Fleet {
     let proc = Proc::spawn(
         &format!("fleet-{port}"),
-        Command::new(bin("fieldline-fleet"))
-            .args([
-                "run",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--redis-url",
-                redis_url,
-            ])
-            .env("FIELDLINE_LOG", "info"),
+        fleet_command(port).args(["--redis-url", redis_url]),
+        dir,
+    );
+    wait_for_port(port);
+    Fleet { port, proc }
+}
+
+/// A fleet on Redis with extra `run` arguments (e.g. `--worker-lease 1s`).
+pub fn spawn_fleet_with(port: u16, redis_url: &str, dir: &Path, extra: &[&str]) -> Fleet {
+    let proc = Proc::spawn(
+        &format!("fleet-{port}"),
+        fleet_command(port)
+            .args(["--redis-url", redis_url])
+            .args(extra),
+        dir,
+    );
+    wait_for_port(port);
+    Fleet { port, proc }
+}
+
+/// A fleet on its embedded store in `dir/fleet-store` (no Redis).
+pub fn spawn_fleet_embedded_on(port: u16, dir: &Path) -> Fleet {
+    let proc = Proc::spawn(
+        &format!("fleet-{port}"),
+        fleet_command(port)
+            .arg("--data-dir")
+            .arg(dir.join("fleet-store")),
         dir,
     );
     wait_for_port(port);
@@ -261,9 +302,39 @@ request_timeout = "2s"
     path
 }
 
+/// Runs `fieldline-agent enroll` with the harness bootstrap token; panics with the
+/// output when it fails.
+pub fn enroll_agent(config: &Path) {
+    let out = Command::new(bin("fieldline-agent"))
+        .arg("enroll")
+        .arg("--config")
+        .arg(config)
+        .args(["--token", BOOTSTRAP_TOKEN])
+        .output()
+        .expect("run fieldline-agent enroll");
+    assert!(
+        out.status.success(),
+        "enroll failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn fleet_reachable(fleet_url: &str) -> bool {
+    fleet_url
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.trim_end_matches('/').parse::<u16>().ok())
+        .is_some_and(|port| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
+}
+
+/// Starts an agent; it enrolls first when the fleet is up and it has no
+/// credential yet (tests of an unreachable fleet get an unenrolled agent).
 pub fn spawn_agent(dir: &Path, id: &str, fleet_url: &str) -> Agent {
     let mqtt_port = free_port();
     let config = agent_config(dir, id, mqtt_port, fleet_url, "");
+    if !dir.join(id).join("fleet-credential").exists() && fleet_reachable(fleet_url) {
+        enroll_agent(&config);
+    }
     let proc = Proc::spawn(
         id,
         Command::new(bin("fieldline-agent"))

@@ -1,4 +1,5 @@
-//! The fleet's HTTP API against a real fleet server and redis-server.
+//! The fleet's agent endpoints against a real fleet server and redis-server.
+//! (Enrollment, admin API and auth failures: `fleet_api.rs`.)
 
 use std::time::Duration;
 
@@ -12,13 +13,14 @@ struct Setup {
     redis: Redis,
     fleet: Fleet,
     http: reqwest::blocking::Client,
+    creds: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 fn setup() -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let redis = spawn_redis(dir.path());
     let fleet = spawn_fleet(&redis.url(), dir.path());
-    let http = reqwest::blocking::Client::builder()
+    let http = http_builder()
         .timeout(Duration::from_secs(10))
         .build()
         .expect("client");
@@ -27,6 +29,7 @@ fn setup() -> Setup {
         redis,
         fleet,
         http,
+        creds: Default::default(),
     }
 }
 
@@ -59,11 +62,38 @@ fn batch(agent: &str, records: Vec<Record>) -> Vec<u8> {
     .expect("encode")
 }
 
+/// Enrolls `agent` over HTTP with the harness bootstrap token; returns its credential.
+pub fn enroll(http: &reqwest::blocking::Client, fleet_url: &str, agent: &str) -> String {
+    let resp = http
+        .post(format!("{fleet_url}/api/v1/enroll"))
+        .bearer_auth(BOOTSTRAP_TOKEN)
+        .header("content-type", "application/cbor")
+        .body(
+            to_cbor(&EnrollRequest {
+                v: PROTOCOL_VERSION,
+                agent_id: agent.into(),
+                version: "test".into(),
+            })
+            .expect("encode"),
+        )
+        .send()
+        .expect("enroll");
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().expect("body");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+    let reply: EnrollReply = fieldline_common::codec::from_cbor(&bytes, 1 << 20).expect("reply");
+    assert_eq!(reply.agent_id, agent);
+    reply.credential
+}
+
 impl Setup {
-    fn post(&self, path: &str, ct: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
+    /// Posts as agent `gw` (enrolled on first use) unless `as_agent` names another.
+    fn post_as(&self, as_agent: &str, path: &str, ct: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
+        let credential = self.credential(as_agent);
         let resp = self
             .http
             .post(format!("{}{path}", self.fleet.url()))
+            .bearer_auth(credential)
             .header("content-type", ct)
             .body(body)
             .send()
@@ -71,10 +101,26 @@ impl Setup {
         (resp.status().as_u16(), resp.bytes().expect("body").to_vec())
     }
 
-    fn ingest(&self, body: Vec<u8>) -> IngestAck {
-        let (status, bytes) = self.post("/api/v1/ingest", "application/cbor", body);
+    fn credential(&self, agent: &str) -> String {
+        let mut creds = self.creds.lock().expect("lock");
+        creds
+            .entry(agent.to_string())
+            .or_insert_with(|| enroll(&self.http, &self.fleet.url(), agent))
+            .clone()
+    }
+
+    fn post(&self, path: &str, ct: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
+        self.post_as("gw", path, ct, body)
+    }
+
+    fn ingest_as(&self, agent: &str, body: Vec<u8>) -> IngestAck {
+        let (status, bytes) = self.post_as(agent, "/api/v1/ingest", "application/cbor", body);
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
         fieldline_common::codec::from_cbor(&bytes, 1 << 20).expect("ack")
+    }
+
+    fn ingest(&self, body: Vec<u8>) -> IngestAck {
+        self.ingest_as("gw", body)
     }
 
     fn stream_len(&self, suffix: &str) -> usize {
@@ -86,16 +132,19 @@ impl Setup {
 fn a_replayed_batch_adds_nothing() {
     let s = setup();
     let b = batch("gw-a", (1..=5).map(|i| window(i, 2)).collect());
-    let ack = s.ingest(b.clone());
+    let ack = s.ingest_as("gw-a", b.clone());
     assert_eq!((ack.acked_seq, ack.added, ack.duplicates), (5, 5, 0));
-    let ack = s.ingest(b);
+    let ack = s.ingest_as("gw-a", b);
     assert_eq!((ack.acked_seq, ack.added, ack.duplicates), (5, 0, 5));
     // Overlapping batch: only the new tail is added.
-    let ack = s.ingest(batch("gw-a", (4..=7).map(|i| window(i, 2)).collect()));
+    let ack = s.ingest_as(
+        "gw-a",
+        batch("gw-a", (4..=7).map(|i| window(i, 2)).collect()),
+    );
     assert_eq!((ack.acked_seq, ack.added, ack.duplicates), (7, 2, 2));
     assert_eq!(s.stream_len("records"), 7);
     // Another agent has its own sequence.
-    let ack = s.ingest(batch("gw-b", vec![window(1, 1)]));
+    let ack = s.ingest_as("gw-b", batch("gw-b", vec![window(1, 1)]));
     assert_eq!((ack.acked_seq, ack.added), (1, 1));
     assert_eq!(s.stream_len("records"), 8);
 }
@@ -136,6 +185,12 @@ fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         ),
         (
             "application/cbor",
+            batch("gw-other", vec![window(1, 1)]),
+            403,
+            "cannot act for agent `gw-other`",
+        ),
+        (
+            "application/cbor",
             to_cbor(&IngestBatch {
                 v: 99,
                 agent_id: "gw".into(),
@@ -163,7 +218,7 @@ fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         .text()
         .expect("text");
     assert!(
-        metrics.contains("fieldline_fleet_ingest_rejected_total 6"),
+        metrics.contains("fieldline_fleet_ingest_rejected_total 7"),
         "{metrics}"
     );
 }
@@ -194,7 +249,8 @@ fn registry_health_and_metrics() {
             ..Default::default()
         },
     };
-    let (status, bytes) = s.post(
+    let (status, bytes) = s.post_as(
+        "gw-hb",
         "/api/v1/heartbeat",
         "application/cbor",
         to_cbor(&hb).expect("encode"),
@@ -202,11 +258,12 @@ fn registry_health_and_metrics() {
     assert_eq!(status, 200);
     let reply: HeartbeatReply = fieldline_common::codec::from_cbor(&bytes, 1 << 20).expect("reply");
     assert_eq!(reply.acked_seq, 0);
-    s.ingest(batch("gw-hb", vec![window(1, 1), window(2, 1)]));
+    s.ingest_as("gw-hb", batch("gw-hb", vec![window(1, 1), window(2, 1)]));
 
     let text = s
         .http
         .get(format!("{}/api/v1/agents", s.fleet.url()))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .expect("agents")
         .text()

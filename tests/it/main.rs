@@ -4,6 +4,16 @@
 //! everything on free loopback ports and shows process logs when a test fails.
 
 mod cli;
+mod crash;
 mod e2e;
+mod engine;
+mod firmware;
+mod fleet_api;
+mod fleet_config;
+mod fleet_scale;
+mod fleet_store;
+mod fleet_tls;
 mod harness;
 mod ingest_api;
+mod package;
+mod state;

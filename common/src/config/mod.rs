@@ -17,14 +17,19 @@ use serde::Deserialize;
 use crate::duration;
 use crate::topic::TopicTemplate;
 
+pub mod pipeline;
 mod raw;
+
+pub use pipeline::PipelineConfig;
 
 const DEFAULTS: &str = include_str!("default.toml");
 
 /// Environment variables with this prefix override config keys.
 pub const ENV_PREFIX: &str = "FIELDLINE_";
 /// `FIELDLINE_*` variables that are not config keys.
-const ENV_RESERVED: &[&str] = &["LOG", "CONFIG"];
+/// (The tokens are read by `fieldline-agent enroll` and the fleet server, which may
+/// share an environment with an agent.)
+const ENV_RESERVED: &[&str] = &["LOG", "CONFIG", "BOOTSTRAP_TOKEN", "ADMIN_TOKEN"];
 
 /// One thing wrong with a config, at a field path such as `window.size`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +60,9 @@ pub struct AgentConfig {
     pub window: WindowConfig,
     pub uplink: UplinkConfig,
     pub storage: StorageConfig,
+    pub outbox: OutboxConfig,
+    /// `[[pipeline]]` rules; the `[window]` section as the default pipeline when none.
+    pub pipelines: Vec<PipelineConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,12 +96,46 @@ pub struct UplinkConfig {
     pub request_timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// `None`: `fleet-credential` in `agent.data_dir`.
+    pub credential_file: Option<PathBuf>,
+    /// Trusted CA for an https `fleet_url`; `None`: the system trust store.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageConfig {
     pub cache_capacity_bytes: u64,
     pub flush_every: Duration,
+    pub durability: Durability,
+    pub checkpoint_interval: Duration,
+}
+
+/// When an ingest-log batch becomes durable (`storage.durability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync before the batch is processed.
+    BatchFsync,
+    /// sled's periodic flush, every `storage.flush_every`.
+    Interval,
+}
+
+/// `[outbox]`: bounds of the records waiting for the fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxConfig {
+    pub max_bytes: u64,
+    /// `None`: no age bound.
+    pub max_age: Option<Duration>,
+    pub on_full: OnFull,
+    pub forward_raw_readings: bool,
+}
+
+/// What a full outbox does (`outbox.on_full`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFull {
+    /// Delete the oldest records (counted and reported).
+    DropOldest,
+    /// Stop taking readings until the fleet acknowledges.
+    Block,
 }
 
 impl AgentConfig {
@@ -121,16 +163,18 @@ impl AgentConfig {
             problems,
         };
         let mut merged: toml::Table = DEFAULTS.parse().expect("embedded default.toml parses");
-        let user: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let mut user: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             fail(vec![Problem {
                 path: "<toml>".into(),
                 message: e.message().to_string().replace('\n', " "),
             }])
         })?;
         let mut problems = Vec::new();
+        // An array of tables has no defaults to merge over; validated on its own.
+        let pipelines = user.remove("pipeline");
         merge(&mut merged, user, "", &mut problems);
         apply_env(&mut merged, env, &mut problems);
-        let cfg = validate(&merged, &mut problems);
+        let cfg = validate(&merged, pipelines.as_ref(), &mut problems);
         match cfg {
             Some(cfg) if problems.is_empty() => Ok(cfg),
             _ => Err(fail(problems)),
@@ -278,12 +322,17 @@ impl Checker<'_> {
     }
 }
 
-fn validate(table: &toml::Table, problems: &mut Vec<Problem>) -> Option<AgentConfig> {
+fn validate(
+    table: &toml::Table,
+    pipelines: Option<&toml::Value>,
+    problems: &mut Vec<Problem>,
+) -> Option<AgentConfig> {
     let agent: Option<raw::Agent> = section(table, "agent", problems);
     let mqtt: Option<raw::Mqtt> = section(table, "mqtt", problems);
     let window: Option<raw::Window> = section(table, "window", problems);
     let uplink: Option<raw::Uplink> = section(table, "uplink", problems);
     let storage: Option<raw::Storage> = section(table, "storage", problems);
+    let outbox: Option<raw::Outbox> = section(table, "outbox", problems);
 
     let agent = agent.map(|a| {
         let mut c = Checker {
@@ -401,6 +450,9 @@ fn validate(table: &toml::Table, problems: &mut Vec<Problem>) -> Option<AgentCon
             ),
             backoff_min: c.duration("backoff_min", &u.backoff_min, Duration::from_millis(1)),
             backoff_max: c.duration("backoff_max", &u.backoff_max, Duration::from_millis(1)),
+            credential_file: (!u.credential_file.is_empty())
+                .then(|| PathBuf::from(&u.credential_file)),
+            ca_file: (!u.ca_file.is_empty()).then(|| PathBuf::from(&u.ca_file)),
         };
         if cfg.backoff_max < cfg.backoff_min {
             c.problem("backoff_max", "must not be below backoff_min");
@@ -413,6 +465,17 @@ fn validate(table: &toml::Table, problems: &mut Vec<Problem>) -> Option<AgentCon
             section: "storage",
             problems,
         };
+        let durability = match s.durability.as_str() {
+            "batch-fsync" => Durability::BatchFsync,
+            "interval" => Durability::Interval,
+            other => {
+                c.problem(
+                    "durability",
+                    format!("`{other}` must be \"batch-fsync\" or \"interval\""),
+                );
+                Durability::Interval
+            }
+        };
         StorageConfig {
             cache_capacity_bytes: c.at_least(
                 "cache_capacity_bytes",
@@ -420,15 +483,50 @@ fn validate(table: &toml::Table, problems: &mut Vec<Problem>) -> Option<AgentCon
                 1024 * 1024,
             ),
             flush_every: c.duration("flush_every", &s.flush_every, Duration::from_millis(1)),
+            durability,
+            checkpoint_interval: c.duration(
+                "checkpoint_interval",
+                &s.checkpoint_interval,
+                Duration::from_millis(100),
+            ),
         }
     });
 
+    let outbox = outbox.map(|o| {
+        let mut c = Checker {
+            section: "outbox",
+            problems,
+        };
+        let on_full = match o.on_full.as_str() {
+            "drop_oldest" => OnFull::DropOldest,
+            "block" => OnFull::Block,
+            other => {
+                c.problem(
+                    "on_full",
+                    format!("`{other}` must be \"drop_oldest\" or \"block\""),
+                );
+                OnFull::DropOldest
+            }
+        };
+        let max_age = c.duration("max_age", &o.max_age, Duration::ZERO);
+        OutboxConfig {
+            max_bytes: c.at_least("max_bytes", o.max_bytes, 64 * 1024),
+            max_age: (!max_age.is_zero()).then_some(max_age),
+            on_full,
+            forward_raw_readings: o.forward_raw_readings,
+        }
+    });
+
+    let pipelines = pipeline::validate(pipelines, window.as_ref(), problems);
+
     Some(AgentConfig {
+        pipelines,
         agent: agent?,
         mqtt: mqtt?,
         window: window?,
         uplink: uplink?,
         storage: storage?,
+        outbox: outbox?,
     })
 }
 

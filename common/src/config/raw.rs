@@ -40,6 +40,8 @@ pub struct Uplink {
     pub request_timeout: String,
     pub backoff_min: String,
     pub backoff_max: String,
+    pub credential_file: String,
+    pub ca_file: String,
 }
 
 #[derive(Deserialize)]
@@ -47,4 +49,15 @@ pub struct Uplink {
 pub struct Storage {
     pub cache_capacity_bytes: u64,
     pub flush_every: String,
+    pub durability: String,
+    pub checkpoint_interval: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outbox {
+    pub max_bytes: u64,
+    pub max_age: String,
+    pub on_full: String,
+    pub forward_raw_readings: bool,
 }

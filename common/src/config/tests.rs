@@ -114,3 +114,44 @@ fn unknown_environment_key_is_reported() {
         vec!["env FIELDLINE_WINDOW__SIZZE: `window.sizze` is not a config key (use FIELDLINE_<SECTION>__<KEY>)"]
     );
 }
+
+#[test]
+fn storage_and_outbox_sections_are_validated_with_paths() {
+    let cfg = AgentConfig::from_toml("t.toml", "[agent]\nid = \"gw-1\"\n", env(&[])).unwrap();
+    assert_eq!(cfg.storage.durability, Durability::Interval);
+    assert_eq!(cfg.storage.checkpoint_interval, Duration::from_secs(30));
+    assert_eq!(cfg.outbox.max_bytes, 128 * 1024 * 1024);
+    assert_eq!(cfg.outbox.max_age, Some(Duration::from_secs(7 * 86_400)));
+    assert_eq!(cfg.outbox.on_full, OnFull::DropOldest);
+    assert!(!cfg.outbox.forward_raw_readings);
+
+    let text = "[agent]\nid = \"gw-1\"\n[storage]\ndurability = \"sometimes\"\ncheckpoint_interval = \"1ms\"\n[outbox]\nmax_bytes = 10\non_full = \"explode\"\nmax_age = \"later\"\n";
+    let got = problems(text, &[]);
+    for e in [
+        "storage.durability: `sometimes` must be \"batch-fsync\" or \"interval\"",
+        "storage.checkpoint_interval: must be at least 100ms, got 1ms",
+        "outbox.max_bytes: must be at least 65536, got 10",
+        "outbox.on_full: `explode` must be \"drop_oldest\" or \"block\"",
+    ] {
+        assert!(got.iter().any(|g| g == e), "missing {e:?} in {got:#?}");
+    }
+    assert!(
+        got.iter().any(|g| g.starts_with("outbox.max_age: ")),
+        "{got:#?}"
+    );
+
+    let cfg = AgentConfig::from_toml(
+        "t.toml",
+        "[agent]\nid = \"gw-1\"\n[outbox]\nmax_age = \"0s\"\n",
+        env(&[
+            ("FIELDLINE_STORAGE__DURABILITY", "batch-fsync"),
+            ("FIELDLINE_OUTBOX__ON_FULL", "block"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(cfg.storage.durability, Durability::BatchFsync);
+    assert_eq!(
+        (cfg.outbox.on_full, cfg.outbox.max_age),
+        (OnFull::Block, None)
+    );
+}

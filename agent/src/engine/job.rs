@@ -1,0 +1,900 @@
+//! One compiled pipeline: operators → key → windows → aggregates, with its own
+//! watermarks, late-data policy and series cap. Built by the fluent API
+//! ([`super::stream`]) or from a `[[pipeline]]` rule ([`Job::from_config`]).
+//!
+//! Lifecycle hooks: [`Job::process`] (one reading), [`Job::advance`] (watermark
+//! emission: closes and retires windows), [`Job::snapshot_state`] /
+//! [`Job::restore_state`] (checkpoint), [`Job::flush`] (end of input).
+//! **Invariant**: no IO and no clock reads; same inputs, same outputs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use fieldline_common::config::pipeline::{
+    KeyBy, LateConfig, LatePolicy, PipelineConfig, SeriesOverflow, WatermarkConfig, WindowSpec,
+};
+use fieldline_common::payload::Reading;
+use fieldline_common::wire::{LateReading, RecordBody, SeriesKey, WindowResult};
+use serde::{Deserialize, Serialize};
+
+use super::aggregate::{Acc, AggSpec};
+use super::sketch::Sketch;
+use super::watermark::Watermarks;
+use super::{count, session, sliding, tumbling};
+
+pub(crate) type FilterFn = Arc<dyn Fn(&Reading) -> bool + Send + Sync>;
+pub(crate) type MapFn = Arc<dyn Fn(Reading) -> Reading + Send + Sync>;
+pub(crate) type FlatMapFn = Arc<dyn Fn(Reading) -> Vec<Reading> + Send + Sync>;
+pub(crate) type KeyFn = Arc<dyn Fn(&Reading) -> SeriesKey + Send + Sync>;
+
+/// One stateless operator before the key.
+#[derive(Clone)]
+pub(crate) enum Step {
+    Filter(FilterFn),
+    Map(MapFn),
+    FlatMap(FlatMapFn),
+}
+
+/// How readings are keyed.
+#[derive(Clone)]
+pub enum KeySelector {
+    By(KeyBy),
+    /// A custom key; such keys span devices, so they close on the global watermark.
+    Custom(KeyFn),
+}
+
+impl KeySelector {
+    fn per_device(&self) -> bool {
+        matches!(self, Self::By(KeyBy::Series | KeyBy::Device))
+    }
+}
+
+/// Counters of one job; never reset.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct JobStats {
+    pub readings: u64,
+    pub filtered: u64,
+    pub late_dropped: u64,
+    pub late_revised: u64,
+    pub late_side_output: u64,
+    pub series_rejected: u64,
+    pub series_evicted: u64,
+    pub windows_emitted: u64,
+}
+
+#[cfg(test)]
+pub(crate) type WinForSize = Win;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Win {
+    start: i64,
+    end: i64,
+    acc: Acc,
+    /// Last revision emitted; `None` while open.
+    emitted: Option<u32>,
+    /// Changed since the last emission (recompute policy).
+    dirty: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct KeyState {
+    key: SeriesKey,
+    /// Device clock this key closes on (per-device keys only).
+    device: Option<u32>,
+    /// Sorted by start; open windows and closed ones kept for late data.
+    windows: Vec<Win>,
+    /// Time windows with quantiles: one sketch per pane (`gcd(size, slide)`), sorted
+    /// by start; a window's quantiles merge the panes it covers, so a reading
+    /// updates one sketch however many windows overlap.
+    #[serde(default)]
+    panes: Vec<Pane>,
+    /// Logical time of the last reading, for `evict_oldest`.
+    touched: u64,
+    /// Earliest watermark at which a window closes or retires.
+    deadline: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Pane {
+    start: i64,
+    sketch: Sketch,
+}
+
+/// The sketch of the window `[start, end)`: its panes merged.
+fn pane_sketch(panes: &[Pane], start: i64, end: i64) -> Option<std::borrow::Cow<'_, Sketch>> {
+    let from = panes.partition_point(|p| p.start < start);
+    let to = panes.partition_point(|p| p.start < end);
+    match &panes[from..to] {
+        [] => None,
+        [one] => Some(std::borrow::Cow::Borrowed(&one.sketch)),
+        many => {
+            let mut s = many[0].sketch.clone();
+            for p in &many[1..] {
+                s.merge(&p.sketch);
+            }
+            Some(std::borrow::Cow::Owned(s))
+        }
+    }
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// Everything a checkpoint holds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobState {
+    keys: Vec<Option<KeyState>>,
+    free: Vec<u32>,
+    clocks: Watermarks,
+    tick: u64,
+}
+
+pub struct Job {
+    pub(crate) name: String,
+    pub(crate) steps: Vec<Step>,
+    pub(crate) key: KeySelector,
+    pub(crate) window: WindowSpec,
+    pub(crate) aggs: AggSpec,
+    pub(crate) watermark: WatermarkConfig,
+    pub(crate) late: LateConfig,
+    pub(crate) max_series: usize,
+    pub(crate) overflow: SeriesOverflow,
+    state: JobState,
+    key_index: HashMap<SeriesKey, u32, ahash::RandomState>,
+    device_index: HashMap<String, u32, ahash::RandomState>,
+    live_keys: usize,
+    /// No key has a window due before this (derived; `i64::MIN` forces a pass).
+    min_deadline: i64,
+    stats: JobStats,
+    scratch: Vec<Reading>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("name", &self.name)
+            .field("window", &self.window)
+            .field("keys", &self.live_keys)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Defaults of the fluent API: 2 s out-of-orderness, 5 s idle timeout, drop late data.
+pub(crate) const DEFAULT_WATERMARK: WatermarkConfig = WatermarkConfig {
+    strategy: fieldline_common::config::pipeline::WatermarkStrategy::BoundedOutOfOrderness {
+        max_out_of_orderness_ms: 2000,
+    },
+    idle_timeout_ms: 5000,
+    emit_interval_ms: 0,
+};
+
+impl Job {
+    pub(crate) fn new(
+        steps: Vec<Step>,
+        key: KeySelector,
+        window: WindowSpec,
+        aggs: AggSpec,
+    ) -> Self {
+        Self {
+            name: String::new(),
+            steps,
+            key,
+            window,
+            aggs,
+            watermark: DEFAULT_WATERMARK,
+            late: LateConfig {
+                policy: LatePolicy::Drop,
+                allowed_lateness_ms: 0,
+                side_output_beyond: false,
+            },
+            max_series: fieldline_common::config::pipeline::DEFAULT_MAX_SERIES,
+            overflow: SeriesOverflow::DropNew,
+            state: JobState::default(),
+            key_index: HashMap::default(),
+            device_index: HashMap::default(),
+            live_keys: 0,
+            min_deadline: i64::MIN,
+            stats: JobStats::default(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Compiles a `[[pipeline]]` rule into the same operators the fluent API builds.
+    pub fn from_config(cfg: &PipelineConfig) -> Self {
+        let mut stream = super::DataStream::new();
+        if !cfg.devices.is_empty() {
+            let globs = cfg.devices.clone();
+            stream = stream.filter(move |r| globs.iter().any(|g| glob(g, &r.series.device)));
+        }
+        if !cfg.metrics.is_empty() {
+            let globs = cfg.metrics.clone();
+            stream = stream.filter(move |r| globs.iter().any(|g| glob(g, &r.series.metric)));
+        }
+        if cfg.value_min.is_some() || cfg.value_max.is_some() {
+            let (lo, hi) = (
+                cfg.value_min.unwrap_or(f64::NEG_INFINITY),
+                cfg.value_max.unwrap_or(f64::INFINITY),
+            );
+            stream = stream.filter(move |r| r.value >= lo && r.value <= hi);
+        }
+        if cfg.scale != 1.0 || cfg.offset != 0.0 {
+            let (scale, offset) = (cfg.scale, cfg.offset);
+            stream = stream.map(move |mut r| {
+                r.value = r.value * scale + offset;
+                r
+            });
+        }
+        stream
+            .key_by(cfg.key_by)
+            .window(cfg.window)
+            .watermark(cfg.watermark)
+            .late(cfg.late)
+            .max_series(cfg.max_series, cfg.series_overflow)
+            .aggregate(&cfg.aggregates)
+            .named(&cfg.name)
+    }
+
+    /// Names the job; the name is copied into every record it emits.
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn stats(&self) -> JobStats {
+        self.stats
+    }
+
+    /// Keys with state right now.
+    pub fn keys(&self) -> usize {
+        self.live_keys
+    }
+
+    /// Bytes of window state held (accumulators, sketches, keys, clocks).
+    pub fn state_bytes(&self) -> usize {
+        let keys: usize = self
+            .state
+            .keys
+            .iter()
+            .flatten()
+            .map(|k| {
+                std::mem::size_of::<KeyState>()
+                    + k.key.device.capacity()
+                    + k.key.metric.capacity()
+                    + k.windows.capacity() * std::mem::size_of::<Win>()
+                    + k.windows
+                        .iter()
+                        .map(|w| w.acc.bytes() - std::mem::size_of::<Acc>())
+                        .sum::<usize>()
+            })
+            .sum();
+        keys + self.state.keys.capacity() * std::mem::size_of::<Option<KeyState>>()
+            + self.key_index.capacity() * (std::mem::size_of::<SeriesKey>() + 8)
+    }
+
+    /// Feeds one reading; `arrival_ms` is the agent clock when it arrived.
+    pub fn process(&mut self, reading: &Reading, arrival_ms: i64, out: &mut Vec<RecordBody>) {
+        self.stats.readings += 1;
+        if self.steps.iter().all(|s| matches!(s, Step::Filter(_))) {
+            for s in &self.steps {
+                if let Step::Filter(f) = s {
+                    if !f(reading) {
+                        self.stats.filtered += 1;
+                        return;
+                    }
+                }
+            }
+            return self.ingest(reading, arrival_ms, out);
+        }
+        let mut batch = std::mem::take(&mut self.scratch);
+        batch.clear();
+        batch.push(reading.clone());
+        for s in &self.steps {
+            match s {
+                Step::Filter(f) => batch.retain(|r| f(r)),
+                Step::Map(f) => {
+                    for r in batch.iter_mut() {
+                        let taken = std::mem::replace(
+                            r,
+                            Reading {
+                                series: SeriesKey::new("", ""),
+                                ts_ms: 0,
+                                value: 0.0,
+                            },
+                        );
+                        *r = f(taken);
+                    }
+                }
+                Step::FlatMap(f) => {
+                    batch = batch.into_iter().flat_map(|r| f(r)).collect();
+                }
+            }
+        }
+        if batch.is_empty() {
+            self.stats.filtered += 1;
+        }
+        for r in &batch {
+            if r.value.is_finite() {
+                self.ingest(r, arrival_ms, out);
+            } else {
+                self.stats.filtered += 1;
+            }
+        }
+        self.scratch = batch;
+    }
+
+    fn key_of(&self, r: &Reading) -> Option<SeriesKey> {
+        let any = || "*".to_string();
+        match &self.key {
+            KeySelector::By(KeyBy::Series) => None,
+            KeySelector::By(KeyBy::Device) => Some(SeriesKey {
+                device: r.series.device.clone(),
+                metric: any(),
+            }),
+            KeySelector::By(KeyBy::Metric) => Some(SeriesKey {
+                device: any(),
+                metric: r.series.metric.clone(),
+            }),
+            KeySelector::By(KeyBy::All) => Some(SeriesKey {
+                device: any(),
+                metric: any(),
+            }),
+            KeySelector::Custom(f) => Some(f(r)),
+        }
+    }
+
+    fn device_id(&mut self, device: &str) -> u32 {
+        if let Some(id) = self.device_index.get(device) {
+            return *id;
+        }
+        let id = self.state.clocks.insert(device.to_string());
+        self.device_index.insert(device.to_string(), id);
+        id
+    }
+
+    /// The key slot for `r`, creating it (subject to the series cap).
+    fn slot(&mut self, r: &Reading, out: &mut Vec<RecordBody>) -> Option<u32> {
+        let owned = self.key_of(r);
+        let key = owned.as_ref().unwrap_or(&r.series);
+        if let Some(id) = self.key_index.get(key) {
+            return Some(*id);
+        }
+        if self.live_keys >= self.max_series {
+            match self.overflow {
+                SeriesOverflow::DropNew => {
+                    self.stats.series_rejected += 1;
+                    return None;
+                }
+                SeriesOverflow::EvictOldest => self.evict_oldest(out),
+            }
+        }
+        let key = owned.unwrap_or_else(|| r.series.clone());
+        let device = if self.key.per_device() {
+            let id = self.device_id(&r.series.device);
+            if let Some(d) = self.state.clocks.get_mut(id) {
+                d.refs += 1;
+            }
+            Some(id)
+        } else {
+            None
+        };
+        let ks = Some(KeyState {
+            key: key.clone(),
+            device,
+            windows: Vec::new(),
+            panes: Vec::new(),
+            touched: 0,
+            deadline: i64::MAX,
+        });
+        let id = match self.state.free.pop() {
+            Some(id) => {
+                self.state.keys[id as usize] = ks;
+                id
+            }
+            None => {
+                self.state.keys.push(ks);
+                (self.state.keys.len() - 1) as u32
+            }
+        };
+        self.key_index.insert(key, id);
+        self.live_keys += 1;
+        Some(id)
+    }
+
+    fn evict_oldest(&mut self, out: &mut Vec<RecordBody>) {
+        let Some(id) = self
+            .state
+            .keys
+            .iter()
+            .enumerate()
+            .filter_map(|(i, k)| k.as_ref().map(|k| (k.touched, i)))
+            .min()
+            .map(|(_, i)| i as u32)
+        else {
+            return;
+        };
+        let mut results = Vec::new();
+        if let Some(k) = &mut self.state.keys[id as usize] {
+            for w in k.windows.drain(..) {
+                let rev = match (w.emitted, w.dirty) {
+                    (None, _) => Some(0),
+                    (Some(r), true) => Some(r + 1),
+                    (Some(_), false) => None,
+                };
+                if let Some(rev) = rev {
+                    if !matches!(self.window, WindowSpec::Count { .. }) {
+                        let sk = pane_sketch(&k.panes, w.start, w.end);
+                        results.push(self.aggs.finish(
+                            &w.acc,
+                            sk.as_deref(),
+                            &self.name,
+                            &k.key,
+                            w.start,
+                            w.end,
+                            rev,
+                        ));
+                    }
+                }
+            }
+        }
+        self.stats.series_evicted += 1;
+        self.stats.windows_emitted += results.len() as u64;
+        out.extend(results.into_iter().map(RecordBody::Window));
+        self.remove_key(id);
+    }
+
+    fn remove_key(&mut self, id: u32) {
+        if let Some(k) = self.state.keys[id as usize].take() {
+            self.key_index.remove(&k.key);
+            if let Some(d) = k.device.and_then(|d| self.state.clocks.get_mut(d)) {
+                d.refs = d.refs.saturating_sub(1);
+            }
+            self.state.free.push(id);
+            self.live_keys -= 1;
+        }
+    }
+
+    fn lateness_ms(&self) -> i64 {
+        match self.late.policy {
+            LatePolicy::AllowedLateness | LatePolicy::Recompute => self.late.allowed_lateness_ms,
+            LatePolicy::Drop | LatePolicy::SideOutput => 0,
+        }
+    }
+
+    fn ingest(&mut self, r: &Reading, arrival_ms: i64, out: &mut Vec<RecordBody>) {
+        let Some(id) = self.slot(r, out) else {
+            return;
+        };
+        self.state.tick += 1;
+        let tick = self.state.tick;
+        let per_device = self.key.per_device();
+        let device = match self.state.keys[id as usize].as_ref().and_then(|k| k.device) {
+            Some(d) => d,
+            None => self.device_id(&r.series.device),
+        };
+        self.state.clocks.observe(device, r.ts_ms, arrival_ms);
+        let wm = if per_device {
+            self.state.clocks.device_ms(device)
+        } else {
+            self.state.clocks.global_ms()
+        };
+        let lateness = self.lateness_ms();
+        let keeps_late = lateness > 0;
+        let Some(k) = self.state.keys[id as usize].as_mut() else {
+            return;
+        };
+        k.touched = tick;
+        let aggs = &self.aggs;
+        let mut missed = false;
+        let mut revised: Vec<WindowResult> = Vec::new();
+        let immediate = self.late.policy == LatePolicy::AllowedLateness;
+        let accepts = |end: i64| !(end <= wm && !(keeps_late && end.saturating_add(lateness) > wm));
+        let panes = aggs.has_sketch();
+        // Time windows: the reading's pane sketch first (re-emits below read it). The
+        // window containing it with the latest end decides whether any takes it.
+        let pane_and_last_end = match self.window {
+            WindowSpec::Tumbling { size_ms } => {
+                Some((size_ms, tumbling::assign(r.ts_ms, size_ms).1))
+            }
+            WindowSpec::Sliding { size_ms, slide_ms } => Some((
+                gcd(size_ms, slide_ms),
+                tumbling::assign(r.ts_ms, slide_ms)
+                    .0
+                    .saturating_add(size_ms),
+            )),
+            WindowSpec::Session { .. } | WindowSpec::Count { .. } => None,
+        };
+        if let Some((pane_ms, last_end)) = pane_and_last_end {
+            if panes && accepts(last_end) {
+                let start = tumbling::assign(r.ts_ms, pane_ms).0;
+                let i = match k.panes.binary_search_by_key(&start, |p| p.start) {
+                    Ok(i) => i,
+                    Err(i) => {
+                        k.panes.insert(
+                            i,
+                            Pane {
+                                start,
+                                sketch: Sketch::new(),
+                            },
+                        );
+                        i
+                    }
+                };
+                k.panes[i].sketch.add(r.value);
+            }
+        }
+        let mut time_window = |k: &mut KeyState, start: i64, end: i64| {
+            let pos = k.windows.binary_search_by_key(&start, |w| w.start);
+            if !accepts(end) {
+                missed = true;
+                return;
+            }
+            match pos {
+                Ok(i) => {
+                    let w = &mut k.windows[i];
+                    aggs.add(&mut w.acc, r.ts_ms, r.value);
+                    if let Some(rev) = w.emitted {
+                        if immediate {
+                            w.emitted = Some(rev + 1);
+                            let sk = pane_sketch(&k.panes, w.start, w.end);
+                            revised.push(aggs.finish(
+                                &w.acc,
+                                sk.as_deref(),
+                                &self.name,
+                                &k.key,
+                                w.start,
+                                w.end,
+                                rev + 1,
+                            ));
+                        } else {
+                            w.dirty = true;
+                        }
+                    }
+                }
+                Err(i) => {
+                    let mut acc = aggs.new_acc_without_sketch();
+                    aggs.add(&mut acc, r.ts_ms, r.value);
+                    k.windows.insert(
+                        i,
+                        Win {
+                            start,
+                            end,
+                            acc,
+                            emitted: None,
+                            dirty: false,
+                        },
+                    );
+                    k.deadline = k.deadline.min(end);
+                }
+            }
+        };
+        match self.window {
+            WindowSpec::Tumbling { size_ms } => {
+                let (s, e) = tumbling::assign(r.ts_ms, size_ms);
+                time_window(k, s, e);
+            }
+            WindowSpec::Sliding { size_ms, slide_ms } => {
+                sliding::assign(r.ts_ms, size_ms, slide_ms, |s, e| time_window(k, s, e));
+            }
+            WindowSpec::Session { gap_ms } => {
+                let (s, e) = session::span(r.ts_ms, gap_ms);
+                let open = |w: &Win| w.emitted.is_none() && session::overlaps(w.start, w.end, s, e);
+                if !k.windows.iter().any(open) && e <= wm {
+                    // Late for a session: update a kept session that contains it.
+                    let kept = k.windows.iter_mut().find(|w| {
+                        w.emitted.is_some()
+                            && w.start <= s
+                            && s < w.end
+                            && w.end.saturating_add(lateness) > wm
+                    });
+                    match kept {
+                        Some(w) if keeps_late => {
+                            aggs.add(&mut w.acc, r.ts_ms, r.value);
+                            w.end = w.end.max(e);
+                            let rev = w.emitted.unwrap_or(0);
+                            if immediate {
+                                w.emitted = Some(rev + 1);
+                                revised.push(aggs.finish(
+                                    &w.acc,
+                                    None,
+                                    &self.name,
+                                    &k.key,
+                                    w.start,
+                                    w.end,
+                                    rev + 1,
+                                ));
+                            } else {
+                                w.dirty = true;
+                            }
+                        }
+                        _ if keeps_late && e.saturating_add(lateness) > wm => {
+                            let mut acc = aggs.new_acc();
+                            aggs.add(&mut acc, r.ts_ms, r.value);
+                            let i = k.windows.partition_point(|w| w.start <= s);
+                            k.windows.insert(
+                                i,
+                                Win {
+                                    start: s,
+                                    end: e,
+                                    acc,
+                                    emitted: None,
+                                    dirty: false,
+                                },
+                            );
+                            k.deadline = k.deadline.min(e);
+                        }
+                        _ => missed = true,
+                    }
+                } else {
+                    let mut acc = aggs.new_acc();
+                    aggs.add(&mut acc, r.ts_ms, r.value);
+                    let (mut start, mut end) = (s, e);
+                    let mut i = 0;
+                    while i < k.windows.len() {
+                        if open(&k.windows[i]) {
+                            let w = k.windows.remove(i);
+                            aggs.merge(&mut acc, &w.acc);
+                            start = start.min(w.start);
+                            end = end.max(w.end);
+                        } else {
+                            i += 1;
+                        }
+                    }
+                    let i = k.windows.partition_point(|w| w.start <= start);
+                    k.windows.insert(
+                        i,
+                        Win {
+                            start,
+                            end,
+                            acc,
+                            emitted: None,
+                            dirty: false,
+                        },
+                    );
+                    k.deadline = k
+                        .windows
+                        .iter()
+                        .map(|w| deadline(w, lateness))
+                        .min()
+                        .unwrap_or(i64::MAX);
+                }
+            }
+            WindowSpec::Count { count } => {
+                if k.windows.is_empty() {
+                    k.windows.push(Win {
+                        start: r.ts_ms,
+                        end: r.ts_ms,
+                        acc: aggs.new_acc(),
+                        emitted: None,
+                        dirty: false,
+                    });
+                }
+                let w = &mut k.windows[0];
+                aggs.add(&mut w.acc, r.ts_ms, r.value);
+                w.start = w.start.min(r.ts_ms);
+                w.end = w.end.max(r.ts_ms.saturating_add(1));
+                if count::full(w.acc.count, count) {
+                    revised.push(aggs.finish(&w.acc, None, &self.name, &k.key, w.start, w.end, 0));
+                    k.windows.clear();
+                }
+            }
+        }
+        self.min_deadline = self.min_deadline.min(k.deadline);
+        // A key that holds nothing (its only reading was late) goes now, not at the
+        // next close pass, so passes skipped or not leave the same state.
+        let empty = k.windows.is_empty() && !matches!(self.window, WindowSpec::Count { .. });
+        if empty {
+            self.remove_key(id);
+        }
+        if missed {
+            let side = self.late.policy == LatePolicy::SideOutput
+                || (keeps_late && self.late.side_output_beyond);
+            if side {
+                self.stats.late_side_output += 1;
+                out.push(RecordBody::Late(LateReading {
+                    pipeline: self.name.clone(),
+                    series: r.series.clone(),
+                    ts_ms: r.ts_ms,
+                    value: r.value,
+                    watermark_ms: wm,
+                    received_ms: arrival_ms,
+                }));
+            } else {
+                self.stats.late_dropped += 1;
+            }
+        }
+        if !revised.is_empty() {
+            if !matches!(self.window, WindowSpec::Count { .. }) {
+                self.stats.late_revised += revised.len() as u64;
+            }
+            self.stats.windows_emitted += revised.len() as u64;
+            out.extend(revised.into_iter().map(RecordBody::Window));
+        }
+    }
+
+    /// Emits watermarks (at most once per `emit_interval`) from what was seen and the
+    /// wall clock, then closes and retires due windows. Results of one call are
+    /// ordered by window end, then start, then key.
+    pub fn advance(&mut self, wall_ms: i64, out: &mut Vec<RecordBody>) {
+        if self.state.clocks.emit(&self.watermark, wall_ms) {
+            self.close_due(out);
+            // A device's clock outlives its keys, so a straggler for a window that
+            // already closed is judged late instead of opening it again. Only past the
+            // series cap are idle devices without keys forgotten.
+            if self.state.clocks.devices() > self.max_series {
+                let index = &mut self.device_index;
+                self.state.clocks.prune(|_, name| {
+                    index.remove(name);
+                });
+            }
+        }
+    }
+
+    /// End of input: every open window closes and every kept one retires.
+    pub fn flush(&mut self, out: &mut Vec<RecordBody>) {
+        self.state.clocks.finish();
+        self.close_due(out);
+    }
+
+    fn close_due(&mut self, out: &mut Vec<RecordBody>) {
+        if matches!(self.window, WindowSpec::Count { .. }) {
+            return;
+        }
+        let lateness = self.lateness_ms();
+        let per_device = self.key.per_device();
+        let global = self.state.clocks.global_ms();
+        let highest = if per_device {
+            self.state.clocks.max_device_ms()
+        } else {
+            global
+        };
+        if self.min_deadline > highest {
+            // Nothing can be due: skip the pass over every key.
+            return;
+        }
+        let mut min_deadline = i64::MAX;
+        let mut results = Vec::new();
+        let mut emptied = Vec::new();
+        for (id, slot) in self.state.keys.iter_mut().enumerate() {
+            let Some(k) = slot else { continue };
+            let wm = match (per_device, k.device) {
+                (true, Some(d)) => self.state.clocks.device_ms(d),
+                _ => global,
+            };
+            if k.deadline > wm {
+                min_deadline = min_deadline.min(k.deadline);
+                continue;
+            }
+            let (panes, key) = (&k.panes, &k.key);
+            k.windows.retain_mut(|w| {
+                if w.emitted.is_none() && w.end <= wm {
+                    let sk = pane_sketch(panes, w.start, w.end);
+                    results.push(self.aggs.finish(
+                        &w.acc,
+                        sk.as_deref(),
+                        &self.name,
+                        key,
+                        w.start,
+                        w.end,
+                        0,
+                    ));
+                    w.emitted = Some(0);
+                    w.dirty = false;
+                }
+                if w.end.saturating_add(lateness) <= wm {
+                    if w.dirty {
+                        let rev = w.emitted.map_or(0, |r| r + 1);
+                        let sk = pane_sketch(panes, w.start, w.end);
+                        results.push(self.aggs.finish(
+                            &w.acc,
+                            sk.as_deref(),
+                            &self.name,
+                            key,
+                            w.start,
+                            w.end,
+                            rev,
+                        ));
+                    }
+                    return false;
+                }
+                true
+            });
+            // Panes before the first remaining window serve no window any more.
+            let first = k.windows.first().map_or(i64::MAX, |w| w.start);
+            let dead = k.panes.partition_point(|p| p.start < first);
+            k.panes.drain(..dead);
+            k.deadline = k
+                .windows
+                .iter()
+                .map(|w| deadline(w, lateness))
+                .min()
+                .unwrap_or(i64::MAX);
+            min_deadline = min_deadline.min(k.deadline);
+            if k.windows.is_empty() {
+                emptied.push(id as u32);
+            }
+        }
+        self.min_deadline = min_deadline;
+        for id in emptied {
+            self.remove_key(id);
+        }
+
+        results.sort_by(|a, b| {
+            (a.end_ms, a.start_ms, &a.series, a.revision)
+                .cmp(&(b.end_ms, b.start_ms, &b.series, b.revision))
+        });
+        self.stats.windows_emitted += results.len() as u64;
+        out.extend(results.into_iter().map(RecordBody::Window));
+    }
+
+    /// The job's state for a checkpoint (configuration is not included).
+    pub fn snapshot_state(&self) -> &JobState {
+        &self.state
+    }
+
+    /// Replaces the job's state with a checkpointed one.
+    pub fn restore_state(&mut self, state: JobState) {
+        self.key_index = state
+            .keys
+            .iter()
+            .enumerate()
+            .filter_map(|(i, k)| k.as_ref().map(|k| (k.key.clone(), i as u32)))
+            .collect();
+        self.device_index = state
+            .clocks
+            .names()
+            .map(|(i, n)| (n.to_string(), i))
+            .collect();
+        self.live_keys = self.key_index.len();
+        self.min_deadline = i64::MIN;
+        self.state = state;
+    }
+
+    /// Identifies what the state depends on: a checkpoint taken under another window,
+    /// key or aggregate set is not restored into this job.
+    pub fn fingerprint(&self) -> String {
+        let key = match &self.key {
+            KeySelector::By(k) => format!("{k:?}"),
+            KeySelector::Custom(_) => "custom".into(),
+        };
+        format!("{:?}|{key}|{:?}", self.window, self.aggs)
+    }
+}
+
+fn deadline(w: &Win, lateness: i64) -> i64 {
+    match w.emitted {
+        None => w.end,
+        Some(_) => w.end.saturating_add(lateness),
+    }
+}
+
+/// `*` matches any run of characters, `?` any one; everything else literally.
+pub(crate) fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}

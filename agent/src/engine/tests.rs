@@ -1,0 +1,458 @@
+//! Engine tests against naive reference models: windows, order independence, late
+//! policies, per-device watermarks, series cap, checkpoint transparency.
+
+use std::collections::BTreeMap;
+
+use fieldline_common::payload::Reading;
+use fieldline_common::wire::{RecordBody, SeriesKey, WindowResult};
+use proptest::prelude::*;
+
+use super::*;
+
+fn reading(dev: &str, ts: i64, v: f64) -> Reading {
+    Reading {
+        series: SeriesKey::new(dev, "m"),
+        ts_ms: ts,
+        value: v,
+    }
+}
+
+fn wm(bound: i64, idle: i64) -> WatermarkConfig {
+    WatermarkConfig {
+        strategy: WatermarkStrategy::BoundedOutOfOrderness {
+            max_out_of_orderness_ms: bound,
+        },
+        idle_timeout_ms: idle,
+        emit_interval_ms: 0,
+    }
+}
+
+fn late(policy: LatePolicy, allowed: i64) -> LateConfig {
+    LateConfig {
+        policy,
+        allowed_lateness_ms: allowed,
+        side_output_beyond: false,
+    }
+}
+
+fn job(window: WindowSpec, bound: i64) -> Job {
+    DataStream::new()
+        .key_by(KeyBy::Series)
+        .window(window)
+        .watermark(wm(bound, i64::MAX / 4))
+        .aggregate(&Aggregate::all())
+}
+
+/// Feeds readings (arrival = 0, advance after each), then flushes.
+fn run(job: &mut Job, readings: &[Reading]) -> Vec<RecordBody> {
+    let mut out = Vec::new();
+    for r in readings {
+        job.process(r, 0, &mut out);
+        job.advance(0, &mut out);
+    }
+    job.flush(&mut out);
+    out
+}
+
+fn windows(out: &[RecordBody]) -> Vec<WindowResult> {
+    out.iter()
+        .filter_map(|b| match b {
+            RecordBody::Window(w) => Some(w.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Sorted by time, then perturbed by less than `bound`: a legal arrival order.
+fn perturb(readings: &[(usize, i64, i32)], bound: i64, seed: u64) -> Vec<Reading> {
+    let mut rng = seed;
+    let mut keyed: Vec<(i64, usize)> = readings
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (r.1 + ((rng >> 33) as i64 % bound.max(1)), i)
+        })
+        .collect();
+    keyed.sort();
+    keyed
+        .into_iter()
+        .map(|(_, i)| {
+            let (d, ts, v) = readings[i];
+            reading(&format!("d{d}"), ts, f64::from(v))
+        })
+        .collect()
+}
+
+type Model = BTreeMap<(String, i64, i64), (u64, f64)>;
+
+fn model_of(out: &[WindowResult]) -> Model {
+    out.iter()
+        .map(|r| {
+            (
+                (r.series.device.clone(), r.start_ms, r.end_ms),
+                (r.count, r.sum),
+            )
+        })
+        .collect()
+}
+
+fn arb_readings() -> impl Strategy<Value = Vec<(usize, i64, i32)>> {
+    proptest::collection::vec((0usize..4, 0i64..20_000, -1000i32..1000), 1..200)
+}
+
+proptest! {
+    /// Every reading lands in exactly the windows its timestamp belongs to (tumbling
+    /// and sliding), nothing is emitted twice, and counts and sums are conserved,
+    /// for any arrival order within the out-of-orderness bound.
+    #[test]
+    fn time_windows_match_reference_model(
+        readings in arb_readings(),
+        seed in any::<u64>(),
+        (size, slide) in prop_oneof![Just((1000i64, 1000i64)), Just((1000, 250)), Just((700, 300))],
+    ) {
+        let bound = 500;
+        let window = if size == slide {
+            WindowSpec::Tumbling { size_ms: size }
+        } else {
+            WindowSpec::Sliding { size_ms: size, slide_ms: slide }
+        };
+        let mut j = job(window, bound);
+        let out = run(&mut j, &perturb(&readings, bound, seed));
+        prop_assert_eq!(j.stats().late_dropped, 0);
+        let got = windows(&out);
+
+        let mut model = Model::new();
+        for (d, ts, v) in &readings {
+            sliding::assign(*ts, size, slide, |s, e| {
+                let m = model.entry((format!("d{d}"), s, e)).or_default();
+                m.0 += 1;
+                m.1 += f64::from(*v);
+            });
+        }
+        prop_assert_eq!(model_of(&got).len(), got.len(), "a window was emitted twice");
+        prop_assert_eq!(model_of(&got), model);
+        // Quantiles (pane sketches merged per window) within the sketch's bound.
+        for w in &got {
+            let mut vals: Vec<f64> = readings
+                .iter()
+                .filter(|(d, ts, _)| format!("d{d}") == w.series.device && w.start_ms <= *ts && *ts < w.end_ms)
+                .map(|r| f64::from(r.2))
+                .collect();
+            vals.sort_by(f64::total_cmp);
+            for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
+                let want = vals[sketch::rank(q, vals.len() as u64) as usize];
+                let got = w.aggregates[name];
+                prop_assert!((got - want).abs() <= sketch::RELATIVE_ACCURACY * want.abs() + 1e-9, "{} got {} want {}", name, got, want);
+            }
+        }
+        let copies = (size / slide) as f64;
+        if size % slide == 0 {
+            let total: f64 = got.iter().map(|w| w.sum).sum();
+            let input: f64 = readings.iter().map(|r| f64::from(r.2)).sum();
+            prop_assert_eq!(total, input * copies);
+        }
+    }
+
+    /// Results do not depend on the arrival order within the bound: two legal orders
+    /// give the same windows with the same aggregates (quantiles included).
+    #[test]
+    fn arrival_order_within_bound_does_not_matter(
+        readings in arb_readings(), a in any::<u64>(), b in any::<u64>(),
+    ) {
+        // Distinct timestamps per series, so `first` and `last` are well defined.
+        let mut seen = std::collections::HashSet::new();
+        let readings: Vec<_> = readings.into_iter().filter(|r| seen.insert((r.0, r.1))).collect();
+        let window = WindowSpec::Sliding { size_ms: 2000, slide_ms: 500 };
+        let x = windows(&run(&mut job(window, 800), &perturb(&readings, 800, a)));
+        let y = windows(&run(&mut job(window, 800), &perturb(&readings, 800, b)));
+        let key = |w: &WindowResult| (w.series.clone(), w.start_ms);
+        let mut x = x; x.sort_by_key(key);
+        let mut y = y; y.sort_by_key(key);
+        prop_assert_eq!(x.len(), y.len());
+        for (p, q) in x.iter().zip(&y) {
+            prop_assert_eq!((&p.series, p.start_ms, p.count, p.sum, p.min, p.max), (&q.series, q.start_ms, q.count, q.sum, q.min, q.max));
+            for (k, v) in &p.aggregates {
+                let w = q.aggregates[k];
+                prop_assert!((v - w).abs() <= 1e-9 * v.abs().max(1.0), "{} {} {}", k, v, w);
+            }
+        }
+    }
+
+    /// Session windows are the maximal runs of a key's readings closer than `gap`.
+    #[test]
+    fn sessions_match_reference_model(readings in arb_readings(), seed in any::<u64>()) {
+        let (gap, bound) = (700, 300);
+        let out = windows(&run(&mut job(WindowSpec::Session { gap_ms: gap }, bound), &perturb(&readings, bound, seed)));
+        let mut by_dev: BTreeMap<String, Vec<(i64, i32)>> = BTreeMap::new();
+        for (d, ts, v) in &readings {
+            by_dev.entry(format!("d{d}")).or_default().push((*ts, *v));
+        }
+        let mut model = Model::new();
+        for (dev, mut rs) in by_dev {
+            rs.sort();
+            let mut cur: Option<(i64, i64, u64, f64)> = None;
+            for (ts, v) in rs {
+                cur = match cur {
+                    Some((s, last, n, sum)) if ts < last + gap => Some((s, ts, n + 1, sum + f64::from(v))),
+                    Some((s, last, n, sum)) => {
+                        model.insert((dev.clone(), s, last + gap), (n, sum));
+                        Some((ts, ts, 1, f64::from(v)))
+                    }
+                    None => Some((ts, ts, 1, f64::from(v))),
+                };
+            }
+            if let Some((s, last, n, sum)) = cur {
+                model.insert((dev.clone(), s, last + gap), (n, sum));
+            }
+        }
+        prop_assert_eq!(model_of(&out), model);
+    }
+
+    /// Late policies: with `drop` every reading is either in a window or counted as
+    /// dropped; with `side_output` it is either in a window or a late record; with
+    /// enough allowed lateness the last revision of every window equals the model
+    /// over all readings, and revisions count up from 0.
+    #[test]
+    fn late_policies_behave_as_specified(readings in arb_readings(), seed in any::<u64>(), which in 0u8..3) {
+        let bound = 100;
+        // Readings arrive up to 3 s late, far beyond the 100 ms bound.
+        let arrival = perturb(&readings, 3000, seed);
+        let window = WindowSpec::Tumbling { size_ms: 1000 };
+        let policy = match which {
+            0 => late(LatePolicy::Drop, 0),
+            1 => late(LatePolicy::SideOutput, 0),
+            _ => late(LatePolicy::AllowedLateness, 5000),
+        };
+        let mut j = DataStream::new().key_by(KeyBy::Series).window(window)
+            .watermark(wm(bound, i64::MAX / 4)).late(policy).aggregate(&[]);
+        let out = run(&mut j, &arrival);
+        let ws = windows(&out);
+        let lates = out.iter().filter(|b| matches!(b, RecordBody::Late(_))).count() as u64;
+        let n = readings.len() as u64;
+        let mut model = Model::new();
+        for (d, ts, v) in &readings {
+            let (s, e) = tumbling::assign(*ts, 1000);
+            let m = model.entry((format!("d{d}"), s, e)).or_default();
+            m.0 += 1;
+            m.1 += f64::from(*v);
+        }
+        match which {
+            0 => {
+                prop_assert_eq!(ws.iter().map(|w| w.count).sum::<u64>() + j.stats().late_dropped, n);
+                prop_assert!(ws.iter().all(|w| w.revision == 0));
+            }
+            1 => {
+                prop_assert_eq!(ws.iter().map(|w| w.count).sum::<u64>() + lates, n);
+                prop_assert_eq!(lates, j.stats().late_side_output);
+            }
+            _ => {
+                let mut last: BTreeMap<(String, i64, i64), &WindowResult> = BTreeMap::new();
+                for w in &ws {
+                    let k = (w.series.device.clone(), w.start_ms, w.end_ms);
+                    let expected_rev = last.get(&k).map_or(0, |p| p.revision + 1);
+                    prop_assert_eq!(w.revision, expected_rev);
+                    last.insert(k, w);
+                }
+                let finals: Model = last.into_iter().map(|(k, w)| (k, (w.count, w.sum))).collect();
+                prop_assert_eq!(finals, model);
+                prop_assert_eq!(j.stats().late_dropped, 0);
+            }
+        }
+    }
+}
+
+#[test]
+fn allowed_lateness_revises_and_recompute_corrects_once() {
+    let window = WindowSpec::Tumbling { size_ms: 1000 };
+    let feed = |policy: LateConfig| {
+        let mut j = DataStream::new()
+            .key_by(KeyBy::Series)
+            .window(window)
+            .watermark(wm(0, i64::MAX / 4))
+            .late(policy)
+            .aggregate(&[]);
+        let mut out = Vec::new();
+        for ts in [100, 1500, 200, 300, 2600, 400] {
+            j.process(&reading("a", ts, 1.0), 0, &mut out);
+            j.advance(0, &mut out);
+        }
+        (j, out)
+    };
+    // Watermark 1500 closes [0,1000); 200 and 300 are late but within 1500 ms;
+    // 2600 moves the watermark past 1000 + 1500, so 400 is beyond it.
+    let (j, out) = feed(late(LatePolicy::AllowedLateness, 1500));
+    let revs: Vec<(i64, u32, u64)> = windows(&out)
+        .iter()
+        .map(|w| (w.start_ms, w.revision, w.count))
+        .collect();
+    assert_eq!(revs, vec![(0, 0, 1), (0, 1, 2), (0, 2, 3), (1000, 0, 1)]);
+    assert_eq!(j.stats().late_revised, 2);
+    assert_eq!(j.stats().late_dropped, 1);
+
+    let (j, out) = feed(late(LatePolicy::Recompute, 1500));
+    let revs: Vec<(i64, u32, u64)> = windows(&out)
+        .iter()
+        .map(|w| (w.start_ms, w.revision, w.count))
+        .collect();
+    assert_eq!(revs, vec![(0, 0, 1), (0, 1, 3), (1000, 0, 1)]);
+    assert_eq!(j.stats().late_dropped, 1);
+
+    let mut side = late(LatePolicy::AllowedLateness, 1500);
+    side.side_output_beyond = true;
+    let (_, out) = feed(side);
+    assert!(
+        matches!(out.last(), Some(RecordBody::Late(l)) if l.ts_ms == 400 && l.watermark_ms == 2600)
+    );
+}
+
+#[test]
+fn a_device_ahead_does_not_make_others_late_and_idle_ones_still_close() {
+    let mut j = DataStream::new()
+        .key_by(KeyBy::Series)
+        .window(WindowSpec::Tumbling { size_ms: 1000 })
+        .watermark(wm(100, 5000))
+        .aggregate(&[]);
+    let mut out = Vec::new();
+    j.process(&reading("fast", 900_000, 1.0), 0, &mut out);
+    j.advance(0, &mut out);
+    j.process(&reading("slow", 500, 1.0), 10, &mut out);
+    j.advance(10, &mut out);
+    assert_eq!(j.stats().late_dropped, 0, "slow's data is not late");
+    assert!(out.is_empty());
+    // `slow` goes quiet; after the idle timeout its window closes by itself.
+    j.advance(4000, &mut out);
+    assert!(out.is_empty());
+    j.advance(5010, &mut out);
+    let ws = windows(&out);
+    assert_eq!(ws.iter().filter(|w| w.series.device == "slow").count(), 1);
+}
+
+#[test]
+fn cross_device_keys_wait_for_the_slowest_active_device_only() {
+    let mut j = DataStream::new()
+        .key_by(KeyBy::Metric)
+        .window(WindowSpec::Tumbling { size_ms: 1000 })
+        .watermark(wm(0, 5000))
+        .aggregate(&[]);
+    let mut out = Vec::new();
+    j.process(&reading("a", 100, 1.0), 0, &mut out);
+    j.process(&reading("b", 100, 2.0), 0, &mut out);
+    j.process(&reading("a", 2500, 1.0), 0, &mut out);
+    j.advance(0, &mut out);
+    assert!(out.is_empty(), "b still at 100");
+    // b silent for 5 s: idle, no longer holds the window back.
+    j.process(&reading("a", 2600, 1.0), 6000, &mut out);
+    j.advance(6000, &mut out);
+    let ws = windows(&out);
+    assert_eq!(
+        (ws[0].series.device.as_str(), ws[0].count, ws[0].sum),
+        ("*", 2, 3.0)
+    );
+}
+
+#[test]
+fn series_cap_drop_new_and_evict_oldest() {
+    let build = |overflow| {
+        DataStream::new()
+            .key_by(KeyBy::Series)
+            .window(WindowSpec::Tumbling { size_ms: 1000 })
+            .max_series(2, overflow)
+            .aggregate(&[])
+    };
+    let mut j = build(SeriesOverflow::DropNew);
+    let mut out = Vec::new();
+    for d in ["a", "b", "c", "a"] {
+        j.process(&reading(d, 10, 1.0), 0, &mut out);
+    }
+    assert_eq!((j.keys(), j.stats().series_rejected), (2, 1));
+
+    let mut j = build(SeriesOverflow::EvictOldest);
+    for d in ["a", "b", "c"] {
+        j.process(&reading(d, 10, 1.0), 0, &mut out);
+    }
+    assert_eq!((j.keys(), j.stats().series_evicted), (2, 1));
+    let ws = windows(&out);
+    assert_eq!(ws.len(), 1, "a's open window is emitted early");
+    assert_eq!(ws[0].series.device, "a");
+}
+
+#[test]
+fn count_windows_emit_every_n_readings() {
+    let mut j = DataStream::new()
+        .key_by(KeyBy::Series)
+        .window(WindowSpec::Count { count: 3 })
+        .aggregate(&[Aggregate::Last]);
+    let out = run(&mut j, &[5, 3, 9, 1, 2].map(|t| reading("a", t, t as f64)));
+    let ws = windows(&out);
+    assert_eq!(ws.len(), 1, "the partial second window is not emitted");
+    assert_eq!(
+        (
+            ws[0].start_ms,
+            ws[0].end_ms,
+            ws[0].count,
+            ws[0].aggregates["last"]
+        ),
+        (3, 10, 3, 9.0)
+    );
+}
+
+#[test]
+fn filter_map_flat_map_and_custom_key() {
+    let mut j = DataStream::new()
+        .filter(|r| r.value >= 0.0)
+        .map(|mut r| {
+            r.value *= 10.0;
+            r
+        })
+        .flat_map(|r| vec![r.clone(), r])
+        .key_by_fn(|r| SeriesKey::new("site", r.series.metric.clone()))
+        .window(WindowSpec::Tumbling { size_ms: 1000 })
+        .aggregate(&[]);
+    let out = run(
+        &mut j,
+        &[
+            reading("a", 1, 1.0),
+            reading("b", 2, -1.0),
+            reading("c", 3, 2.0),
+        ],
+    );
+    let ws = windows(&out);
+    assert_eq!((ws.len(), ws[0].count, ws[0].sum), (1, 4, 60.0));
+    assert_eq!(ws[0].series, SeriesKey::new("site", "m"));
+    assert_eq!(j.stats().filtered, 1);
+}
+
+/// The per-window state budget documented in docs/ARCHITECTURE.md; a change that
+/// grows it should update the docs.
+#[test]
+fn window_state_size_is_as_documented() {
+    assert_eq!(std::mem::size_of::<aggregate::Acc>(), 104);
+    assert_eq!(std::mem::size_of::<job::WinForSize>(), 136);
+    assert_eq!(std::mem::size_of::<sketch::Sketch>(), 80);
+}
+
+/// Regression: a straggler for a window that closed after its key went quiet must
+/// be late, not re-open the window as a second revision 0.
+#[test]
+fn straggler_after_a_key_was_dropped_is_still_late() {
+    let mut j = DataStream::new()
+        .key_by(KeyBy::Series)
+        .window(WindowSpec::Tumbling { size_ms: 1000 })
+        .watermark(wm(0, 1000))
+        .aggregate(&[]);
+    let mut out = Vec::new();
+    j.process(&reading("a", 100, 1.0), 0, &mut out);
+    j.advance(5000, &mut out);
+    assert_eq!(
+        (windows(&out).len(), j.keys()),
+        (1, 0),
+        "closed on idle, key dropped"
+    );
+    j.process(&reading("a", 200, 1.0), 5001, &mut out);
+    j.advance(5001, &mut out);
+    assert_eq!(windows(&out).len(), 1);
+    assert_eq!(j.stats().late_dropped, 1);
+}
