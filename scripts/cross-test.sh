@@ -56,7 +56,9 @@ smoke() { # triple, qemu, sysroot
   redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" >"$dir/redis.log" 2>&1 &
   pids+=($!)
   sleep 0.5
-  "$host_target/debug/fieldline-fleet" run --listen "127.0.0.1:$fport" --redis-url "redis://127.0.0.1:$rport/" >"$dir/fleet.log" 2>&1 &
+  local boot="cross-bootstrap-$RANDOM$RANDOM$RANDOM"
+  FIELDLINE_ADMIN_TOKEN="cross-admin-$RANDOM$RANDOM$RANDOM" FIELDLINE_BOOTSTRAP_TOKEN="$boot" \
+    "$host_target/debug/fieldline-fleet" run --listen "127.0.0.1:$fport" --redis-url "redis://127.0.0.1:$rport/" >"$dir/fleet.log" 2>&1 &
   pids+=($!)
   cat >"$dir/agent.toml" <<TOML
 [agent]
@@ -72,6 +74,10 @@ idle_timeout = "500ms"
 fleet_url = "http://127.0.0.1:$fport"
 heartbeat_interval = "500ms"
 TOML
+  for _ in $(seq 50); do curl -sf "http://127.0.0.1:$fport/healthz" >/dev/null && break; sleep 0.2; done
+  # Enrollment runs on the emulated CPU too: it exercises the ARM build's HTTP client.
+  "$qemu" -L "$sysroot" -E "LD_LIBRARY_PATH=$sysroot/lib" "$bin" enroll --config "$dir/agent.toml" --token "$boot" >"$dir/enroll.log" 2>&1 \
+    || { echo "SMOKE FAILED for $triple: enroll"; cat "$dir/enroll.log" "$dir/fleet.log"; return 1; }
   "$qemu" -L "$sysroot" -E "LD_LIBRARY_PATH=$sysroot/lib" "$bin" run --config "$dir/agent.toml" >"$dir/agent.log" 2>&1 &
   local agent=$!
   pids+=("$agent")

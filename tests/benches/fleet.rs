@@ -11,7 +11,7 @@
 //!    against one fleet-server process; latency percentiles.
 //!
 //! Environment: BENCH_RECORDS (default 200000), BENCH_AGENTS (5000),
-//! BENCH_DURATION_S (30), FIELDLINE_BIN_DIR.
+//! BENCH_DURATION_S (30), BENCH_INGEST_AGENTS (8), FIELDLINE_BIN_DIR.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -350,19 +350,20 @@ fn main() {
 
     let (_redis, port) = spawn_redis(dir.path());
     let url = format!("redis://127.0.0.1:{port}/");
+    let writers = env_u64("BENCH_INGEST_AGENTS", 8);
     let raw = raw_xadd_rps(port, records);
-    let store = rt.block_on(store_ingest_rps(&url, records, 8, 500));
+    let store = rt.block_on(store_ingest_rps(&url, records, writers, 500));
     let (_fleet, base) = spawn_fleet(&["--redis-url", &url, "--no-workers"], dir.path());
-    let http = rt.block_on(http_ingest_rps(&base, records, 8, 500));
+    let http = rt.block_on(http_ingest_rps(&base, records, writers, 500));
     println!("\n## Ingest into Redis ({records} records of 16 fields; redis-server on loopback, same run)\n");
     println!("| path | records/s | ratio to raw XADD |");
     println!("|---|---:|---:|");
     println!("| raw pipelined XADD (`redis-benchmark -P 100 -c 8`) | {raw:.0} | 1.00 |");
     println!(
-        "| idempotent Lua ingest, 8 agents × batches of 500 (store call) | {store:.0} | {:.2} |",
+        "| idempotent Lua ingest, {writers} agents × batches of 500 (store call) | {store:.0} | {:.2} |",
         store / raw
     );
-    println!("| HTTP CBOR ingest, 8 agents × batches of 500 (auth, validation, Lua) | {http:.0} | {:.2} |", http / raw);
+    println!("| HTTP CBOR ingest, {writers} agents × batches of 500 (auth, validation, Lua) | {http:.0} | {:.2} |", http / raw);
 
     for (name, args) in [
         (

@@ -24,6 +24,8 @@ struct Publishers {
     series: Vec<(String, String)>,
     pubs: Vec<Publisher>,
     acks: Arc<AtomicU64>,
+    client: rumqttc::Client,
+    stop: Arc<std::sync::atomic::AtomicBool>,
     sent_rumqttc: u64,
     reference: Reference,
     total: u64,
@@ -32,10 +34,16 @@ struct Publishers {
 impl Publishers {
     fn connect(port: u16, series: Vec<(String, String)>) -> Self {
         let acks = Arc::new(AtomicU64::new(0));
-        let mut opts = rumqttc::MqttOptions::new("e2e-rumqttc", "127.0.0.1", port);
+        // A fresh client id per publisher set: a broker drops the older of two
+        // connections with the same id, and the old event loop would reconnect.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let id = format!("e2e-rumqttc-{}", NEXT.fetch_add(1, Ordering::SeqCst));
+        let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(30));
         let (client, mut connection) = rumqttc::Client::new(opts, 1000);
         let a = acks.clone();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
         std::thread::spawn(move || {
             for ev in connection.iter() {
                 match ev {
@@ -43,6 +51,7 @@ impl Publishers {
                         a.fetch_add(1, Ordering::SeqCst);
                     }
                     Ok(_) => {}
+                    Err(_) if stopped.load(Ordering::SeqCst) => return,
                     Err(_) => std::thread::sleep(Duration::from_millis(100)),
                 }
             }
@@ -70,6 +79,8 @@ impl Publishers {
             series,
             pubs,
             acks,
+            client,
+            stop,
             sent_rumqttc: 0,
             reference: BTreeMap::new(),
             total: 0,
@@ -126,6 +137,9 @@ impl Publishers {
         wait_until("rumqttc PUBACKs", Duration::from_secs(20), || {
             acks.load(Ordering::SeqCst) >= want
         });
+        // Ends the connection thread, so nothing reconnects later.
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.client.disconnect();
         (self.reference, self.total)
     }
 }
