@@ -43,6 +43,8 @@ pub struct BrokerSettings {
     pub filters: Vec<String>,
     pub max_payload_bytes: usize,
     pub max_connections: usize,
+    /// Payload bytes rumqttd retains for the local link (see `mqtt.broker_buffer_bytes`).
+    pub buffer_bytes: usize,
 }
 
 /// Handle to the running broker.
@@ -159,9 +161,11 @@ fn config(s: &BrokerSettings) -> Config {
         router: RouterConfig {
             max_connections: s.max_connections + 1,
             max_outgoing_packet_count: 200,
-            // Segments bound the broker's RAM per filter: 8 x 1 MiB.
-            max_segment_size: 1024 * 1024,
-            max_segment_count: 8,
+            // The pipeline's link reads one log (its wildcard filter): `buffer_bytes`
+            // of payload in 4 segments, the oldest dropped as a whole. Measured RSS
+            // at 10k msg/s is dominated by this (docs/BENCHMARKS.md).
+            max_segment_size: (s.buffer_bytes / 4).max(16 * 1024),
+            max_segment_count: 3,
             ..Default::default()
         },
         v4: Some(HashMap::from([("sensors".to_string(), server)])),

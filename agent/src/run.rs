@@ -110,6 +110,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
             filters: vec![cfg.mqtt.topic_template.filter()],
             max_payload_bytes: cfg.mqtt.max_payload_bytes,
             max_connections: cfg.mqtt.max_connections,
+            buffer_bytes: cfg.mqtt.broker_buffer_bytes,
         },
         counters.clone(),
     )?;

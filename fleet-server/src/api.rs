@@ -894,10 +894,8 @@ async fn healthz(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
-    let known = st.store.agents().await.map(|a| a.len()).unwrap_or(0);
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        st.metrics.render(known),
-    )
-        .into_response()
+    let agents = st.store.agents().await.unwrap_or_default();
+    let mut body = st.metrics.render(agents.len());
+    body.push_str(&crate::metrics::render_agents(&agents));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -84,3 +84,38 @@ impl Metrics {
         s
     }
 }
+
+/// Each agent's last reported counters (heartbeat) as gauges labelled by agent, so
+/// flash wear, RSS, outbox drops and backlog are scraped with the fleet's metrics.
+/// Gauges, not counters: an agent's process counters restart with the process.
+pub fn render_agents(agents: &[crate::store::AgentInfo]) -> String {
+    let mut families: std::collections::BTreeMap<String, Vec<(&str, f64)>> = Default::default();
+    for a in agents {
+        let Some(counters) = a.counters.as_object() else {
+            continue;
+        };
+        for (name, v) in counters {
+            let valid = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if let (true, Some(v)) = (valid, v.as_f64()) {
+                families
+                    .entry(name.clone())
+                    .or_default()
+                    .push((a.id.as_str(), v));
+            }
+        }
+    }
+    let mut s = String::new();
+    for (name, samples) in families {
+        let metric = format!("fieldline_agent_{name}");
+        let _ = writeln!(
+            s,
+            "# HELP {metric} Last value of `{name}` the agent reported in its heartbeat."
+        );
+        let _ = writeln!(s, "# TYPE {metric} gauge");
+        for (agent, v) in samples {
+            // Agent ids are [A-Za-z0-9-_.]: nothing to escape in a label value.
+            let _ = writeln!(s, "{metric}{{agent=\"{agent}\"}} {v}");
+        }
+    }
+    s
+}

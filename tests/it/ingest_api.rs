@@ -293,6 +293,8 @@ fn registry_health_and_metrics() {
         "fieldline_fleet_ingest_records_total{outcome=\"added\"} 2",
         "fieldline_fleet_heartbeats_total 1",
         "fieldline_fleet_agents 1",
+        // The agent's own counters (flash wear, RSS, drops, ...) are scraped here too.
+        "fieldline_agent_readings_decoded{agent=\"gw-hb\"} 42",
     ] {
         assert!(
             metrics.lines().any(|l| l == line),

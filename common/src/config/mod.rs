@@ -77,6 +77,7 @@ pub struct MqttConfig {
     pub topic_template: TopicTemplate,
     pub max_payload_bytes: usize,
     pub max_connections: usize,
+    pub broker_buffer_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -387,11 +388,13 @@ fn validate(
             );
         }
         let max_connections = c.at_least("max_connections", m.max_connections, 1);
+        let broker_buffer_bytes = c.at_least("broker_buffer_bytes", m.broker_buffer_bytes, 65536);
         Some(MqttConfig {
             listen: listen?,
             topic_template: template?,
             max_payload_bytes,
             max_connections,
+            broker_buffer_bytes,
         })
     });
 

@@ -19,6 +19,7 @@ pub struct Mqtt {
     pub topic_template: String,
     pub max_payload_bytes: usize,
     pub max_connections: usize,
+    pub broker_buffer_bytes: usize,
 }
 
 #[derive(Deserialize)]
