@@ -9,11 +9,13 @@
 //! - [`topic`]: topic templates such as `sensors/{device}/{metric}`.
 //! - [`config`]: the agent configuration schema, validation that reports every problem,
 //!   and `FIELDLINE_*` environment overrides.
+//! - [`civil`]: calendar arithmetic for timestamp parsing.
 //! - [`duration`]: human durations (`"10s"`, `"1m"`) for config files.
 //!
 //! **Boundary**: this crate does no IO beyond reading a config file and has no tokio,
 //! sled, redis or axum dependency, so both binaries and future tools can share it.
 
+pub mod civil;
 pub mod codec;
 pub mod config;
 pub mod duration;

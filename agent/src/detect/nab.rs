@@ -324,7 +324,12 @@ pub fn parse_timestamp_ms(s: &str) -> Option<i64> {
     };
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 {
+    if !(1..=12).contains(&mo)
+        || d < 1
+        || d > fieldline_common::civil::days_in_month(y, mo)
+        || h > 23
+        || mi > 59
+    {
         return None;
     }
     if sec > 60 {
@@ -343,28 +348,8 @@ pub fn parse_timestamp_ms(s: &str) -> Option<i64> {
             ms += (c - b'0') as i64 * [100, 10, 1][i];
         }
     }
-    let days = days_from_civil(y, mo, d);
+    let days = fieldline_common::civil::days_from_civil(y, mo, d);
     Some(((days * 24 + h) * 60 + mi) * 60_000 + sec * 1000 + ms)
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        _ if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        _ => 28,
-    }
-}
-
-/// Days since 1970-01-01 (Howard Hinnant's algorithm, proleptic Gregorian).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
