@@ -67,8 +67,9 @@ enum Command {
     },
     /// Publish simulated sensor readings over MQTT (random walks, QoS 1).
     Simulate {
-        /// Broker address.
-        #[arg(long, default_value = "127.0.0.1:1883")]
+        /// Broker address as HOST:PORT (the agent's `mqtt.listen`); no default, so a
+        /// simulator never publishes into whatever broker happens to run on 1883.
+        #[arg(long)]
         broker: String,
         /// Device names (comma-separated).
         #[arg(long, value_delimiter = ',', default_value = "dev1,dev2")]

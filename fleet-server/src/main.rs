@@ -58,7 +58,7 @@ struct RunArgs {
     /// Address of the HTTP API.
     #[arg(long, env = "FIELDLINE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Redis URL, e.g. redis://127.0.0.1:6379/0 or rediss://... for TLS. Without it the
+    /// Redis URL, e.g. redis://redis.internal:6379/0 or rediss://... for TLS. Without it the
     /// fleet runs on its embedded store in --data-dir (a single node).
     #[arg(long, env = "FIELDLINE_REDIS_URL")]
     redis_url: Option<String>,
