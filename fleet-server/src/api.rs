@@ -198,6 +198,21 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
         .ok_or_else(|| ApiError::Unauthorized("missing `Authorization: Bearer <token>`".into()))
 }
 
+/// Extractor that admits only requests carrying the admin token, so admin handlers
+/// cannot forget the check: taking `_admin: Admin` is the check.
+pub struct Admin;
+
+impl axum::extract::FromRequestParts<Arc<AppState>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        st: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
+        require_admin(st, &parts.headers).map(|()| Admin)
+    }
+}
+
 fn require_admin(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     if st.tokens.is_admin(bearer(headers)?) {
         Ok(())
@@ -430,9 +445,8 @@ fn view(st: &AppState, info: store::AgentInfo, now: i64) -> AgentView {
 
 async fn agents(
     State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _admin: Admin,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    require_admin(&st, &headers)?;
     let now = fieldline_common::now_ms();
     let agents = st.store.agents().await?;
     let views: Vec<AgentView> = agents.into_iter().map(|i| view(&st, i, now)).collect();
@@ -451,10 +465,9 @@ async fn known_agent(st: &AppState, id: &str) -> Result<store::AgentInfo, ApiErr
 
 async fn agent(
     State(st): State<Arc<AppState>>,
+    _admin: Admin,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    require_admin(&st, &headers)?;
     let info = known_agent(&st, &id).await?;
     let now = fieldline_common::now_ms();
     Ok(Json(
@@ -476,11 +489,10 @@ fn check_limit(q: &Limit) -> Result<usize, ApiError> {
 /// The oldest retained records of one agent (inspection, not a hot path).
 async fn agent_records(
     State(st): State<Arc<AppState>>,
+    _admin: Admin,
     Path(id): Path<String>,
-    headers: HeaderMap,
     Query(q): Query<Limit>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    require_admin(&st, &headers)?;
     let limit = check_limit(&q)?;
     known_agent(&st, &id).await?;
     let entries = st.store.records_of(&id, limit).await?;
@@ -515,11 +527,11 @@ fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
 
 async fn put_labels(
     State(st): State<Arc<AppState>>,
+    _admin: Admin,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    require_admin(&st, &headers)?;
     validate_agent_id(&id)?;
     let labels: BTreeMap<String, String> = json_body(&headers, &body)?;
     validate_labels(&labels)?;
@@ -533,10 +545,9 @@ async fn put_labels(
 
 async fn revoke(
     State(st): State<Arc<AppState>>,
+    _admin: Admin,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    require_admin(&st, &headers)?;
     validate_agent_id(&id)?;
     if !st.store.revoke(&id).await? {
         return Err(ApiError::NotFound(format!("agent `{id}` is unknown")));
@@ -547,10 +558,9 @@ async fn revoke(
 
 async fn allow_reenroll(
     State(st): State<Arc<AppState>>,
+    _admin: Admin,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    require_admin(&st, &headers)?;
     validate_agent_id(&id)?;
     if !st.store.allow_reenroll(&id).await? {
         return Err(ApiError::NotFound(format!("agent `{id}` is unknown")));
@@ -560,9 +570,8 @@ async fn allow_reenroll(
 
 async fn streams(
     State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _admin: Admin,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    require_admin(&st, &headers)?;
     let streams = st.store.stream_stats().await?;
     Ok(Json(serde_json::json!({ "streams": streams })))
 }
@@ -590,10 +599,9 @@ fn entry_json(e: &store::StreamEntry) -> serde_json::Value {
 
 async fn dlq_list(
     State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _admin: Admin,
     Query(q): Query<Limit>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    require_admin(&st, &headers)?;
     let limit = check_limit(&q)?;
     let entries = st.store.dlq_list(limit).await?;
     Ok(Json(serde_json::json!({
@@ -603,10 +611,9 @@ async fn dlq_list(
 
 async fn dlq_delete(
     State(st): State<Arc<AppState>>,
+    _admin: Admin,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    require_admin(&st, &headers)?;
     if !st.store.dlq_delete(&id).await? {
         return Err(ApiError::NotFound(format!("dead letter `{id}` not found")));
     }
@@ -615,10 +622,9 @@ async fn dlq_delete(
 
 async fn dlq_replay(
     State(st): State<Arc<AppState>>,
+    _admin: Admin,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    require_admin(&st, &headers)?;
     if !st.store.dlq_replay(&id).await? {
         return Err(ApiError::NotFound(format!("dead letter `{id}` not found")));
     }
@@ -633,10 +639,9 @@ struct LatestQuery {
 
 async fn state_latest(
     State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _admin: Admin,
     Query(q): Query<LatestQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    require_admin(&st, &headers)?;
     let limit = check_limit(&Limit { limit: q.limit })?;
     if let Some(a) = &q.agent {
         validate_agent_id(a)?;
@@ -647,10 +652,9 @@ async fn state_latest(
 
 async fn state_anomalies(
     State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _admin: Admin,
     Query(q): Query<Limit>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    require_admin(&st, &headers)?;
     let limit = check_limit(&q)?;
     let top = st.store.top_anomalies(limit).await?;
     let top: Vec<_> = top
@@ -662,9 +666,8 @@ async fn state_anomalies(
 
 async fn state_summary(
     State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _admin: Admin,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    require_admin(&st, &headers)?;
     let summary = st.store.global_summary().await?;
     Ok(Json(
         serde_json::to_value(summary).map_err(|e| ApiError::Internal(e.to_string()))?,
@@ -775,21 +778,20 @@ async fn config_get(st: &AppState, scope: Scope) -> Result<Json<serde_json::Valu
 
 async fn config_put_agent(
     State(st): State<Arc<AppState>>,
+    _admin: Admin,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    require_admin(&st, &headers)?;
     known_agent(&st, &id).await?;
     config_put(&st, Scope::Agent(id), &headers, &body).await
 }
 
 async fn config_get_agent(
     State(st): State<Arc<AppState>>,
+    _admin: Admin,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    require_admin(&st, &headers)?;
     let info = known_agent(&st, &id).await?;
     let resolved = configs::resolve(&*st.store, &id, &info.labels).await?;
     let report = configs::get_report(&*st.store, &id).await?;
@@ -807,31 +809,30 @@ async fn config_get_agent(
 
 async fn config_put_group(
     State(st): State<Arc<AppState>>,
+    _admin: Admin,
     Path((key, value)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    require_admin(&st, &headers)?;
     let scope = group_scope(key, value)?;
     config_put(&st, scope, &headers, &body).await
 }
 
 async fn config_get_group(
     State(st): State<Arc<AppState>>,
+    _admin: Admin,
     Path((key, value)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    require_admin(&st, &headers)?;
     config_get(&st, group_scope(key, value)?).await
 }
 
 async fn config_widen(
     State(st): State<Arc<AppState>>,
+    _admin: Admin,
     Path((key, value)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    require_admin(&st, &headers)?;
     let scope = group_scope(key, value)?;
     let spec: RolloutSpec = json_body(&headers, &body)?;
     let rollout = configs::widen(&*st.store, &scope, spec).await?;
@@ -842,9 +843,8 @@ async fn config_widen(
 
 async fn configs_list(
     State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _admin: Admin,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    require_admin(&st, &headers)?;
     let scopes: Vec<_> = configs::list(&*st.store)
         .await?
         .into_iter()
@@ -862,9 +862,8 @@ async fn configs_list(
 
 async fn configs_drift(
     State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
+    _admin: Admin,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    require_admin(&st, &headers)?;
     let mut out = Vec::new();
     for a in st.store.agents().await? {
         let resolved = configs::resolve(&*st.store, &a.id, &a.labels).await?;
