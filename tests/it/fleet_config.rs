@@ -182,3 +182,105 @@ fn group_configs_reach_the_agent_and_bad_ones_keep_the_old_config_running() {
     let (_, drift) = admin.call("GET", "/api/v1/configs/drift", None);
     assert_eq!(drift["agents"][0]["agent"], "gw-cfg", "{drift}");
 }
+
+#[test]
+fn an_unchanged_pipeline_keeps_its_state_across_a_config_change() {
+    // A count window ignores time, so the check cannot race the clock: 6 readings
+    // before the change and 4 after must come out as one window of 10.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let redis = spawn_redis(dir.path());
+    let fleet = spawn_fleet(&redis.url(), dir.path());
+    let mqtt_port = free_port();
+    let config = agent_config(
+        dir.path(),
+        "gw-keep",
+        mqtt_port,
+        &fleet.url(),
+        "\n[[pipeline]]\nname = \"keep\"\nwindow = { kind = \"count\", count = 10 }\naggregates = [\"count\", \"sum\"]\n",
+    );
+    enroll_agent(&config);
+    let agent = Proc::spawn(
+        "gw-keep",
+        std::process::Command::new(bin("fieldline-agent"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config),
+        dir.path(),
+    );
+    wait_for_port(mqtt_port);
+    let admin = Admin {
+        http: http_builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client"),
+        base: fleet.url(),
+    };
+    let publish = |v: u32| {
+        let ok = std::process::Command::new("mosquitto_pub")
+            .args([
+                "-p",
+                &mqtt_port.to_string(),
+                "-q",
+                "1",
+                "-t",
+                "sensors/boiler/temp",
+            ])
+            .args(["-m", &v.to_string()])
+            .status()
+            .expect("mosquitto_pub")
+            .success();
+        assert!(ok, "publish {v}");
+    };
+    let decoded = || {
+        admin.call("GET", "/api/v1/agents/gw-keep", None).1["counters"]["readings_decoded"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    require_tool("mosquitto_pub");
+    for v in 1..=6 {
+        publish(v);
+    }
+    wait_until("six readings processed", Duration::from_secs(15), || {
+        decoded() >= 6
+    });
+
+    // A change that leaves the pipeline as it is; the agent restarts into it.
+    let (s, j) = admin.call(
+        "PUT",
+        "/api/v1/configs/agents/gw-keep",
+        Some(json!({ "toml": "[uplink]\nheartbeat_interval = \"400ms\"\n" })),
+    );
+    assert_eq!(s, 200, "{j}");
+    wait_until(
+        "the agent runs the new config",
+        Duration::from_secs(30),
+        || admin.drift("gw-keep")["state"] == "in_sync",
+    );
+    wait_for_port(mqtt_port);
+    assert!(
+        agent.log().contains("restarting into it"),
+        "the agent did not restart:\n{}",
+        agent.log()
+    );
+    for v in 7..=10 {
+        publish(v);
+    }
+
+    let keep = || {
+        stream_entries(&mut redis.conn(), "records")
+            .into_iter()
+            .filter(|e| e.get("pipeline").map(String::as_str) == Some("keep"))
+            .collect::<Vec<_>>()
+    };
+    wait_until("the count window in Redis", Duration::from_secs(20), || {
+        !keep().is_empty()
+    });
+    let w = &keep()[0];
+    assert_eq!(
+        (w["count"].as_str(), w["sum"].as_str()),
+        ("10", "55"),
+        "{w:?}\n{}",
+        agent.log()
+    );
+    assert_eq!(keep().len(), 1);
+}
