@@ -198,6 +198,10 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
         .ok_or_else(|| ApiError::Unauthorized("missing `Authorization: Bearer <token>`".into()))
 }
 
+fn unknown_agent(id: &str) -> ApiError {
+    ApiError::NotFound(format!("agent `{id}` is unknown"))
+}
+
 /// Extractor that admits only requests carrying the admin token, so admin handlers
 /// cannot forget the check: taking `_admin: Admin` is the check.
 pub struct Admin;
@@ -457,10 +461,7 @@ async fn agents(
 
 async fn known_agent(st: &AppState, id: &str) -> Result<store::AgentInfo, ApiError> {
     validate_agent_id(id)?;
-    st.store
-        .agent(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("agent `{id}` is unknown")))
+    st.store.agent(id).await?.ok_or_else(|| unknown_agent(id))
 }
 
 async fn agent(
@@ -536,7 +537,7 @@ async fn put_labels(
     let labels: BTreeMap<String, String> = json_body(&headers, &body)?;
     validate_labels(&labels)?;
     if !st.store.set_labels(&id, &labels).await? {
-        return Err(ApiError::NotFound(format!("agent `{id}` is unknown")));
+        return Err(unknown_agent(&id));
     }
     // Labels decide group configs: wake the agent's long-poll.
     st.store.counter_next(configs::EPOCH).await?;
@@ -550,7 +551,7 @@ async fn revoke(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     validate_agent_id(&id)?;
     if !st.store.revoke(&id).await? {
-        return Err(ApiError::NotFound(format!("agent `{id}` is unknown")));
+        return Err(unknown_agent(&id));
     }
     tracing::info!(agent = %id, "agent credential revoked");
     Ok(Json(serde_json::json!({ "id": id, "revoked": true })))
@@ -563,7 +564,7 @@ async fn allow_reenroll(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     validate_agent_id(&id)?;
     if !st.store.allow_reenroll(&id).await? {
-        return Err(ApiError::NotFound(format!("agent `{id}` is unknown")));
+        return Err(unknown_agent(&id));
     }
     Ok(Json(serde_json::json!({ "id": id, "revoked": false })))
 }

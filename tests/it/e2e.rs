@@ -197,6 +197,19 @@ fn assert_matches_reference(entries: &[HashMap<String, String>], reference: &Ref
     }
 }
 
+/// Per-agent order, and no seq reused: seqs in the stream strictly increase.
+#[track_caller]
+fn assert_seqs_increase(entries: &[HashMap<String, String>]) {
+    let seqs: Vec<u64> = entries
+        .iter()
+        .map(|e| e["seq"].parse().expect("seq"))
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "seqs reused or out of order: {seqs:?}"
+    );
+}
+
 fn ten_series() -> Vec<(String, String)> {
     (0..10)
         .map(|i| {
@@ -245,15 +258,7 @@ fn window_results_reach_redis_exactly_once_across_a_fleet_crash() {
     let entries = windows_in_redis(&redis, "gw-e2e");
     assert_matches_reference(&entries, &reference);
 
-    // Per-agent order: seqs in the stream strictly increase.
-    let seqs: Vec<u64> = entries
-        .iter()
-        .map(|e| e["seq"].parse().expect("seq"))
-        .collect();
-    assert!(
-        seqs.windows(2).all(|w| w[0] < w[1]),
-        "seqs out of order: {seqs:?}"
-    );
+    assert_seqs_increase(&entries);
     assert_eq!(fleet.proc.terminate(Duration::from_secs(10)), Some(0));
 }
 
@@ -382,13 +387,6 @@ fn agent_restart_resumes_from_the_last_acknowledged_seq() {
     }
     let entries = windows_in_redis(&redis, "gw-restart");
     assert_matches_reference(&entries, &reference);
-    let seqs: Vec<u64> = entries
-        .iter()
-        .map(|e| e["seq"].parse().expect("seq"))
-        .collect();
-    assert!(
-        seqs.windows(2).all(|w| w[0] < w[1]),
-        "seqs reused or out of order: {seqs:?}"
-    );
+    assert_seqs_increase(&entries);
     drop((restarted, fleet2));
 }
