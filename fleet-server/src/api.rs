@@ -81,7 +81,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(close_after_oversized_body))
         .with_state(state)
+}
+
+/// A body over the limit is answered before it has been read, so the connection
+/// still holds the unread rest: tell the client not to reuse it. Without this, a
+/// pooling client (reqwest in the agent) sends its next request on a connection
+/// the server is closing and gets `IncompleteMessage`.
+async fn close_after_oversized_body(mut res: Response) -> Response {
+    if res.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        res.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    res
 }
 
 /// The one error type of the API: 4xx carry a useful message, 5xx a generic one
