@@ -5,7 +5,8 @@
 //! POINTS defaults to 10,000,000; NAME runs only the detectors whose name starts with it.
 //! Single thread, so points/s is per core. On a shared machine wall-clock rate understates
 //! it, so the run's on-CPU time (Linux /proc/thread-self/schedstat) is reported as well. Input is a deterministic noisy daily sine with
-//! occasional spikes, 1-minute timestamps. Plain `main` rather than criterion: the number
+//! occasional spikes, 1-minute timestamps. For a load-independent figure, count instructions
+//! under valgrind's callgrind at two point counts (method in docs/BENCHMARKS.md). Plain `main` rather than criterion: the number
 //! that matters is sustained points/s over millions of points, not per-call latency.
 
 use std::hint::black_box;

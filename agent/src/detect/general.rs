@@ -121,7 +121,7 @@ impl Default for GeneralConfig {
             scale_memory: 2000.0,
             bins_per_unit: 3.0,
             density_prior: 0.01,
-            distance_nats: 0.3,
+            distance_nats: 0.4,
             short_alpha: 0.35,
             season_period_ms: 86_400_000,
             season_slots: 48,
@@ -132,7 +132,7 @@ impl Default for GeneralConfig {
             tail_beta_min: 1.0,
             alert_nats: 8.0,
             alert_threshold: DEFAULT_ALERT_THRESHOLD,
-            cooldown_points: 40,
+            cooldown_points: 30,
             likelihood_short: 120.0,
             likelihood_long: 2000.0,
         }

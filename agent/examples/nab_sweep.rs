@@ -1,0 +1,382 @@
+//! Tuning and robustness harness for the general detector on a labelled NAB corpus.
+//!
+//!     cargo run --release -p fieldline-agent --example nab_sweep -- \
+//!         --data ../shared/data/nab-dev [KEY=V1,V2,...]... [--pm20]
+//!
+//! Streams every series through [`GeneralDetector`] in memory and scores the result with a
+//! port of `../shared/tools/nab_score.py` (same probation, window weights, profiles and
+//! corpus-wide threshold sweep; it agrees with the Python scorer to the printed digits), so
+//! one configuration takes well under a second instead of a file round trip.
+//!
+//! `KEY=V1,V2` overrides a [`GeneralConfig`] field; several keys run their cartesian
+//! product. `--pm20` instead moves every numeric parameter of the (overridden) default by
+//! -20% and +20%, one at a time, and prints the standard score of each: the robustness
+//! check reported in docs/BENCHMARKS.md.
+//!
+//! Tune only on the dev half: the held-out half means something only if nobody tuned on it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use fieldline_agent::detect::nab::{list_corpus, parse_timestamp_ms, read_series};
+use fieldline_agent::detect::{Detector, GeneralConfig, GeneralDetector};
+
+/// (name, A_TP, A_FP, A_FN) as in NAB's profiles.json.
+const PROFILES: [(&str, f64, f64, f64); 3] = [
+    ("standard", 1.0, 0.11, 1.0),
+    ("reward_low_FP_rate", 1.0, 0.22, 1.0),
+    ("reward_low_FN_rate", 1.0, 0.11, 2.0),
+];
+
+struct Series {
+    rel: String,
+    ts: Vec<i64>,
+    values: Vec<f64>,
+    /// Label windows as inclusive row ranges.
+    windows: Vec<(usize, usize)>,
+}
+
+/// One scorable row: anomaly score, the window it lies in (global index), and its weight:
+/// the TP credit inside a window, the (negative) FP cost outside.
+struct Point {
+    score: f64,
+    window: Option<usize>,
+    weight: f64,
+}
+
+struct ProfileScore {
+    score: f64,
+    threshold: f64,
+    hit: usize,
+    fp: usize,
+}
+
+fn main() -> Result<()> {
+    let mut data: Option<PathBuf> = None;
+    let mut pm20 = false;
+    let mut grid: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--data" => data = Some(args.next().context("--data needs a directory")?.into()),
+            "--pm20" => pm20 = true,
+            _ => {
+                let (k, vs) = a
+                    .split_once('=')
+                    .with_context(|| format!("expected KEY=V1,V2,..., got `{a}`"))?;
+                let vs = vs
+                    .split(',')
+                    .map(|v| {
+                        v.parse::<f64>()
+                            .with_context(|| format!("{k}: bad value `{v}`"))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                set(&mut GeneralConfig::default(), k, vs[0])?;
+                grid.push((k.to_string(), vs));
+            }
+        }
+    }
+    let data = data.context("--data DIR is required")?;
+    let corpus = load(&data)?;
+    let windows: usize = corpus.iter().map(|s| s.windows.len()).sum();
+    println!("{} series, {windows} windows", corpus.len());
+
+    let combos: usize = grid.iter().map(|(_, vs)| vs.len()).product();
+    for i in 0..combos {
+        let (mut cfg, mut label, mut rest) = (GeneralConfig::default(), String::new(), i);
+        for (k, vs) in &grid {
+            let v = vs[rest % vs.len()];
+            rest /= vs.len();
+            set(&mut cfg, k, v)?;
+            label += &format!("{k}={v} ");
+        }
+        cfg.validate().map_err(anyhow::Error::msg)?;
+        if pm20 {
+            robustness(&corpus, &cfg, &label)?;
+        } else {
+            let s = evaluate(&corpus, &cfg);
+            println!(
+                "{label}standard {:.2} (threshold {:.4}, {}/{windows} windows, {} FP rows) \
+                 low_FP {:.2} low_FN {:.2}",
+                s[0].score, s[0].threshold, s[0].hit, s[0].fp, s[1].score, s[2].score
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Standard score with each numeric parameter moved by -20% and +20%, one at a time.
+fn robustness(corpus: &[Series], cfg: &GeneralConfig, label: &str) -> Result<()> {
+    let base = evaluate(corpus, cfg)[0].score;
+    println!("{label}standard {base:.2}; each parameter at -20% / +20%:");
+    let (mut sum, mut n, mut worst) = (0.0, 0, f64::INFINITY);
+    for &k in PARAMS {
+        let v = get(cfg, k);
+        let mut row = format!("  {k:<18} {v:>8}:");
+        for f in [0.8, 1.2] {
+            let mut c = cfg.clone();
+            set(&mut c, k, v * f)?;
+            let s = match c.validate() {
+                Ok(()) => evaluate(corpus, &c)[0].score,
+                Err(_) => f64::NAN,
+            };
+            row += &format!(" {s:7.2}");
+            // The alert level is the detector's threshold: NAB re-optimises it per detector,
+            // so its move is reported but kept out of the summary.
+            if k != "alert_nats" && s.is_finite() {
+                sum += s;
+                n += 1;
+                worst = worst.min(s);
+            }
+        }
+        println!("{row}");
+    }
+    println!(
+        "  mean {:.2}, worst {worst:.2} over {n} moves (alert_nats excluded)",
+        sum / n as f64
+    );
+    Ok(())
+}
+
+fn evaluate(corpus: &[Series], cfg: &GeneralConfig) -> Vec<ProfileScore> {
+    let mut points = Vec::new();
+    let mut base = 0;
+    for s in corpus {
+        let mut det = GeneralDetector::new(cfg.clone());
+        let scores: Vec<f64> =
+            s.ts.iter()
+                .zip(&s.values)
+                .map(|(&t, &v)| det.update(t, v))
+                .collect();
+        push_points(s, &scores, base, &mut points);
+        base += s.windows.len();
+    }
+    points.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut scored = vec![false; base];
+    for p in &points {
+        if let Some(w) = p.window {
+            scored[w] = true;
+        }
+    }
+    let n_win = scored.iter().filter(|&&b| b).count() as f64;
+    PROFILES
+        .iter()
+        .map(|&(_, a_tp, a_fp, a_fn)| sweep(&points, base, n_win, a_tp, a_fp, a_fn))
+        .collect()
+}
+
+/// NAB's threshold optimisation: lower the threshold through every distinct score and keep
+/// the best raw total (ties go to the higher threshold).
+fn sweep(
+    points: &[Point],
+    n_keys: usize,
+    n_win: f64,
+    a_tp: f64,
+    a_fp: f64,
+    a_fn: f64,
+) -> ProfileScore {
+    let mut best_credit: Vec<Option<f64>> = vec![None; n_keys];
+    let mut total = -a_fn * n_win;
+    let (mut hit, mut fp) = (0, 0);
+    let mut best = (total, f64::INFINITY, 0, 0);
+    let mut i = 0;
+    while i < points.len() {
+        let t = points[i].score;
+        while i < points.len() && points[i].score == t {
+            let p = &points[i];
+            match p.window {
+                None => {
+                    fp += 1;
+                    total += a_fp * p.weight;
+                }
+                Some(w) => {
+                    let v = a_tp * p.weight;
+                    match best_credit[w] {
+                        None => {
+                            total += v + a_fn;
+                            best_credit[w] = Some(v);
+                            hit += 1;
+                        }
+                        Some(cur) if v > cur => {
+                            total += v - cur;
+                            best_credit[w] = Some(v);
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+            i += 1;
+        }
+        if total > best.0 {
+            best = (total, t, hit, fp);
+        }
+    }
+    let (null, perfect) = (-a_fn * n_win, a_tp * n_win);
+    ProfileScore {
+        score: 100.0 * (best.0 - null) / (perfect - null),
+        threshold: best.1,
+        hit: best.2,
+        fp: best.3,
+    }
+}
+
+/// NAB's scaled sigmoid.
+fn sigma(y: f64) -> f64 {
+    if y > 3.0 {
+        -1.0
+    } else {
+        2.0 / (1.0 + (5.0 * y).exp()) - 1.0
+    }
+}
+
+fn push_points(s: &Series, scores: &[f64], base: usize, out: &mut Vec<Point>) {
+    let n = scores.len();
+    let probation = ((0.15 * n as f64).floor() as usize).min(750);
+    let mut window_of = vec![None; n];
+    for (w, &(a, b)) in s.windows.iter().enumerate() {
+        for slot in &mut window_of[a..=b] {
+            *slot = Some(w);
+        }
+    }
+    let mut prev: Option<(usize, usize)> = None; // (end, width) of the last window passed
+    for (i, &score) in scores.iter().enumerate() {
+        let (window, weight) = match window_of[i] {
+            Some(w) => {
+                let (a, e) = s.windows[w];
+                let width = (e - a + 1) as f64;
+                (
+                    Some(base + w),
+                    sigma(-((e - i + 1) as f64) / width) / sigma(-1.0),
+                )
+            }
+            None => match prev {
+                None => (None, -1.0),
+                Some((end, width)) => (None, sigma((i - end) as f64 / (width as f64 - 1.0))),
+            },
+        };
+        if i >= probation {
+            out.push(Point {
+                score,
+                window,
+                weight,
+            });
+        }
+        if let Some(w) = window_of[i] {
+            let (a, e) = s.windows[w];
+            if i == e {
+                prev = Some((e, e - a + 1));
+            }
+        }
+    }
+}
+
+fn load(data: &Path) -> Result<Vec<Series>> {
+    let wpath = data.join("combined_windows.json");
+    let text =
+        std::fs::read_to_string(&wpath).with_context(|| format!("reading {}", wpath.display()))?;
+    let labels: BTreeMap<String, Vec<[String; 2]>> =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", wpath.display()))?;
+    let mut out = Vec::new();
+    for (cat, name) in list_corpus(data)? {
+        let rel = format!("{cat}/{name}");
+        // Only labelled files are part of the corpus, as in the Python scorer.
+        let Some(wins) = labels.get(&rel) else {
+            continue;
+        };
+        let rows = read_series(&data.join(&cat).join(&name))?;
+        let ts: Vec<i64> = rows.iter().map(|r| r.ts_ms).collect();
+        let row_of = |t: &str| -> Result<usize> {
+            let ms = parse_timestamp_ms(t).with_context(|| format!("{rel}: bad window {t}"))?;
+            ts.iter()
+                .position(|&x| x == ms)
+                .with_context(|| format!("{rel}: window bound {t} is not a data row"))
+        };
+        let mut windows = wins
+            .iter()
+            .map(|[a, b]| Ok((row_of(a)?, row_of(b)?)))
+            .collect::<Result<Vec<_>>>()?;
+        windows.sort_unstable();
+        out.push(Series {
+            rel,
+            values: rows.iter().map(|r| r.value).collect(),
+            ts,
+            windows,
+        });
+    }
+    if out.is_empty() {
+        bail!("{}: no labelled series", data.display());
+    }
+    out.sort_by(|a, b| a.rel.cmp(&b.rel));
+    Ok(out)
+}
+
+/// Numeric parameters moved by `--pm20`.
+const PARAMS: &[&str] = &[
+    "warmup",
+    "memory",
+    "scale_memory",
+    "bins_per_unit",
+    "density_prior",
+    "distance_nats",
+    "short_alpha",
+    "season_slots",
+    "season_alpha",
+    "calib_memory",
+    "calib_prior",
+    "tail_fraction",
+    "tail_beta_min",
+    "alert_nats",
+    "cooldown_points",
+    "likelihood_short",
+    "likelihood_long",
+];
+
+fn get(c: &GeneralConfig, k: &str) -> f64 {
+    match k {
+        "warmup" => c.warmup as f64,
+        "memory" => c.memory,
+        "scale_memory" => c.scale_memory,
+        "bins_per_unit" => c.bins_per_unit,
+        "density_prior" => c.density_prior,
+        "distance_nats" => c.distance_nats,
+        "short_alpha" => c.short_alpha,
+        "season_slots" => c.season_slots as f64,
+        "season_alpha" => c.season_alpha,
+        "calib_memory" => c.calib_memory,
+        "calib_prior" => c.calib_prior,
+        "tail_fraction" => c.tail_fraction,
+        "tail_beta_min" => c.tail_beta_min,
+        "alert_nats" => c.alert_nats,
+        "cooldown_points" => c.cooldown_points as f64,
+        "likelihood_short" => c.likelihood_short,
+        "likelihood_long" => c.likelihood_long,
+        _ => f64::NAN,
+    }
+}
+
+fn set(c: &mut GeneralConfig, k: &str, v: f64) -> Result<()> {
+    let count = || v.round().max(0.0) as usize;
+    match k {
+        "warmup" => c.warmup = count(),
+        "memory" => c.memory = v,
+        "scale_memory" => c.scale_memory = v,
+        "bins_per_unit" => c.bins_per_unit = v,
+        "density_prior" => c.density_prior = v,
+        "distance_nats" => c.distance_nats = v,
+        "short_alpha" => c.short_alpha = v,
+        "season_slots" => c.season_slots = count(),
+        "season_alpha" => c.season_alpha = v,
+        "calib_memory" => c.calib_memory = v,
+        "calib_prior" => c.calib_prior = v,
+        "tail_fraction" => c.tail_fraction = v,
+        "tail_beta_min" => c.tail_beta_min = v,
+        "alert_nats" => c.alert_nats = v,
+        "alert_threshold" => c.alert_threshold = v,
+        "cooldown_points" => c.cooldown_points = count(),
+        "likelihood_short" => c.likelihood_short = v,
+        "likelihood_long" => c.likelihood_long = v,
+        _ => bail!("unknown parameter `{k}` (see GeneralConfig)"),
+    }
+    Ok(())
+}
