@@ -29,6 +29,8 @@ function h(tag, attrs, ...kids) {
 }
 
 const $ = (id) => document.getElementById(id);
+// Children for replaceChildren: nested arrays flattened, absent ones dropped.
+const nodes = (...kids) => kids.flat(Infinity).filter((k) => k !== null && k !== undefined && k !== false);
 const fmtTime = (ms) => (ms > 0 ? new Date(ms).toLocaleString() : 'never');
 const fmtClock = (ms) => new Date(ms).toLocaleTimeString([], { hour12: false });
 const fmtNum = (v) => (v === null || v === undefined || Number.isNaN(v) ? '–'
@@ -176,7 +178,7 @@ function renderIfChanged(el, data, render) {
   const key = JSON.stringify(data);
   if (el.dataset.key === key) return;
   el.dataset.key = key;
-  el.replaceChildren(...[render()].flat());
+  el.replaceChildren(...nodes(render()));
 }
 
 function table(cols, rows, opts = {}) {
@@ -489,7 +491,9 @@ PAGES.configs = (root, [kind, a, b]) => {
       : h('ul', { class: 'error' }, r.problems.map((p) => h('li', {}, p))));
     drawDiff();
   }
-  editor.addEventListener('input', () => { valid = false; saveBtn.disabled = true; clearTimeout(timer); timer = setTimeout(() => validate().catch((e) => toast(e.message)), 250); drawDiff(); });
+  editor.addEventListener('input', () => {
+    valid = false; saveBtn.disabled = true; clearTimeout(timer);
+    problems.replaceChildren(h('p', { class: 'muted' }, 'checking…')); timer = setTimeout(() => validate().catch((e) => toast(e.message)), 250); drawDiff(); });
   async function load() {
     status.replaceChildren();
     history.replaceChildren();
@@ -504,8 +508,8 @@ PAGES.configs = (root, [kind, a, b]) => {
         versions = c.override_history;
         const d = c.drift;
         status.append(h('p', {}, badge(d.state), d.desired_generation ? ` desired g${d.desired_generation} from ${d.desired_source}` : ' no fleet config',
-          d.observed_generation !== null && d.observed_generation !== undefined ? ` · agent runs g${d.observed_generation}` : ''),
-        d.error ? h('p', { class: 'error' }, `Rejected by the agent: ${d.error}`) : null);
+          d.observed_generation !== null && d.observed_generation !== undefined ? ` · agent runs g${d.observed_generation}` : ''));
+        if (d.error) status.append(h('p', { class: 'error' }, `Rejected by the agent: ${d.error}`));
       } else {
         if (!gKey.value.trim() || !gVal.value.trim()) return;
         try {
@@ -690,12 +694,12 @@ PAGES.dlq = (root) => {
   function inspect(e) {
     detail.hidden = false;
     const payload = e.fields.payload === undefined ? null : bytesOf(e.fields.payload);
-    detail.replaceChildren(h('h2', {}, `Dead letter ${e.id}`),
+    detail.replaceChildren(...nodes(h('h2', {}, `Dead letter ${e.id}`),
       h('table', {}, h('tbody', {}, Object.entries(e.fields).filter(([k]) => k !== 'payload').map(([k, v]) => h('tr', {}, h('th', { scope: 'row' }, k), h('td', {}, Array.isArray(v) ? `${v.length} bytes` : v))))),
       payload ? [h('h2', {}, `Payload (${payload.length} bytes)`),
         h('p', {}, 'As text: ', h('code', { id: 'dlq-payload-text' }, new TextDecoder('utf-8', { fatal: false }).decode(new Uint8Array(payload)))),
         h('pre', { id: 'dlq-payload-hex', 'aria-label': 'payload as hex' }, hexdump(payload))] : null,
-      h('button', { type: 'button', class: 'secondary', onclick: () => { detail.hidden = true; } }, 'Close'));
+      h('button', { type: 'button', class: 'secondary', onclick: () => { detail.hidden = true; } }, 'Close')));
     detail.focus();
   }
   function draw() {
