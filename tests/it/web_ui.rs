@@ -27,15 +27,17 @@ fn artifacts() -> PathBuf {
     dir
 }
 
-/// A fleet on its embedded store whose first UI account is `USER`.
-fn spawn_ui_fleet(dir: &Path) -> Fleet {
+/// A fleet whose first UI account is `USER`: on its embedded store, or on Redis.
+fn spawn_ui_fleet(dir: &Path, redis_url: Option<&str>) -> Fleet {
     let port = free_port();
+    let mut cmd = fleet_command(port);
+    match redis_url {
+        Some(url) => cmd.args(["--redis-url", url]),
+        None => cmd.arg("--data-dir").arg(dir.join("fleet-store")),
+    };
     let proc = Proc::spawn(
         &format!("fleet-{port}"),
-        fleet_command(port)
-            .arg("--data-dir")
-            .arg(dir.join("fleet-store"))
-            .env("FIELDLINE_ADMIN_USER", USER)
+        cmd.env("FIELDLINE_ADMIN_USER", USER)
             .env("FIELDLINE_ADMIN_PASSWORD", PASSWORD),
         dir,
     );
@@ -96,11 +98,14 @@ impl Browser {
                     .await
             })
             .expect("a chromium session through chromedriver");
+        let shots = artifacts();
+        // A failure screenshot left by an earlier run would mislead.
+        let _ = std::fs::remove_file(shots.join("failure.png"));
         Browser {
             rt,
             client: Some(client),
             _driver: driver,
-            shots: artifacts(),
+            shots,
         }
     }
 
@@ -239,7 +244,7 @@ fn admin_get(http: &reqwest::blocking::Client, url: &str) -> Value {
 fn web_ui_in_a_browser_fleet_agent_config_anomaly_and_dead_letter() {
     require_tool("mosquitto_pub");
     let dir = tempfile::tempdir().expect("tempdir");
-    let fleet = spawn_ui_fleet(dir.path());
+    let fleet = spawn_ui_fleet(dir.path(), None);
     let agent = spawn_agent(dir.path(), "gw-ui", &fleet.url());
     let _sim = Proc::spawn(
         "simulator",
@@ -482,11 +487,22 @@ fn browser_steps(
     Ok(())
 }
 
-/// The UI's security over plain HTTP: refusals, cookie flags, CSRF, logout.
 #[test]
-fn ui_security_over_http() {
+fn ui_security_over_http_embedded_store() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let fleet = spawn_ui_fleet(dir.path());
+    ui_security(&spawn_ui_fleet(dir.path(), None));
+}
+
+/// Accounts live in the store's documents: the same checks on Redis.
+#[test]
+fn ui_security_over_http_redis_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let redis = spawn_redis(dir.path());
+    ui_security(&spawn_ui_fleet(dir.path(), Some(&redis.url())));
+}
+
+/// The UI's security over plain HTTP: refusals, cookie flags, CSRF, logout, lockout.
+fn ui_security(fleet: &Fleet) {
     let base = fleet.url();
     let http = http_builder()
         .timeout(Duration::from_secs(10))
@@ -715,4 +731,38 @@ fn ui_security_over_http() {
         Some(json!({"user": USER, "password": PASSWORD})),
     );
     assert_eq!(r.status(), 429);
+}
+
+/// The live feed shows what a batch added: an agent resending a batch (after a lost
+/// ack) must not show its anomaly twice.
+#[test]
+fn a_resent_batch_adds_no_second_live_anomaly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fleet = spawn_ui_fleet(dir.path(), None);
+    let base = fleet.url();
+    let http = http_builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let credential = crate::ingest_api::enroll(&http, &base, "gw-resend");
+    for _ in 0..2 {
+        let resp = http
+            .post(format!("{base}/api/v1/ingest"))
+            .bearer_auth(&credential)
+            .header("content-type", "application/cbor")
+            .body(anomaly_batch("gw-resend", 1))
+            .send()
+            .expect("ingest");
+        assert_eq!(resp.status(), 200);
+    }
+    let feed = admin_get(&http, &format!("{base}/api/v1/events/anomalies"));
+    let anomalies = feed["anomalies"].as_array().expect("anomalies");
+    assert_eq!(anomalies.len(), 1, "{feed}");
+    assert_eq!(anomalies[0]["series"], "pump/pressure");
+    assert_eq!(anomalies[0]["agent"], "gw-resend");
+    let other = admin_get(
+        &http,
+        &format!("{base}/api/v1/events/anomalies?agent=gw-other"),
+    );
+    assert_eq!(other["anomalies"], json!([]));
 }

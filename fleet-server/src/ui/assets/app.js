@@ -196,9 +196,21 @@ function table(cols, rows, opts = {}) {
 }
 
 function fillRows(body, cols, rows, opts = {}) {
+  // A periodic refresh replaces the rows: keep keyboard focus on the same control.
+  const active = document.activeElement;
+  let restore = null;
+  if (active && body.contains(active)) {
+    const tr = active.closest('tr');
+    restore = { id: tr.dataset.id, i: [...tr.querySelectorAll('a,button')].indexOf(active) };
+  }
   body.replaceChildren(...(rows.length ? rows.map((r) => h('tr', { class: opts.rowClass ? opts.rowClass(r) : null, 'data-id': opts.rowId ? opts.rowId(r) : null },
     cols.map((c) => h('td', { class: c.num ? 'num' : null, 'data-label': c.label }, c.cell ? c.cell(r) : fmtNum(r[c.key])))))
     : [h('tr', {}, h('td', { colspan: cols.length, class: 'muted' }, opts.empty || 'nothing yet'))]));
+  if (restore && restore.id) {
+    const tr = [...body.children].find((r) => r.dataset.id === restore.id);
+    const el = tr && tr.querySelectorAll('a,button')[restore.i];
+    if (el) el.focus();
+  }
 }
 
 const badge = (s) => h('span', { class: `badge ${s}` }, s.replace('_', ' '));
@@ -336,8 +348,8 @@ function chart(name, points) {
   return svg;
 }
 
-// The unit is the series' metric as the sensor names it: window records carry no
-// unit, so the axis says what is known instead of guessing one.
+// Window records carry no unit (sensors send bare values), so the axis names the
+// metric and says the unit is the sensor's instead of guessing one.
 function unitOf(series) {
   const metric = series.split(' ')[0].split('/').pop();
   return metric;
@@ -361,7 +373,7 @@ PAGES.agent = (root, [id]) => {
     }
     const lastP = pts[pts.length - 1];
     card.replaceChildren(
-      h('figcaption', {}, h('strong', {}, name), ` · mean with min–max band, in ${unitOf(name)} as sent by the sensor`,
+      h('figcaption', {}, h('strong', {}, name), ` · window mean with min–max band; y: ${unitOf(name)} in the sensor's unit`,
         lastP ? h('span', { class: 'muted' }, ` · latest ${fmtNum(lastP.mean)} (${lastP.count} readings)`) : null),
       chart(name, pts));
   }
