@@ -69,18 +69,21 @@ enum AdminCommand {
     },
 }
 
+/// Where the fleet's data lives (`run` and `admin` take the same flags).
 #[derive(clap::Args)]
 struct StoreArgs {
-    /// Redis URL of the fleet's store; without it the embedded store in --data-dir.
+    /// Redis URL, e.g. redis://redis.internal:6379/0 or rediss://... for TLS. Without it the
+    /// fleet runs on its embedded store in --data-dir (a single node).
     #[arg(long, env = "FIELDLINE_REDIS_URL")]
     redis_url: Option<String>,
+    /// Directory of the embedded store (used when no --redis-url is given).
     #[arg(
         long,
         env = "FIELDLINE_DATA_DIR",
         default_value = "fieldline-fleet-data"
     )]
     data_dir: PathBuf,
-    /// Stream partitions of the Redis dataset (as given to `run`).
+    /// Stream partitions (Redis only); fixed for the lifetime of a Redis dataset.
     #[arg(long, env = "FIELDLINE_PARTITIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     partitions: u32,
 }
@@ -100,17 +103,8 @@ struct RunArgs {
     /// Address of the HTTP API.
     #[arg(long, env = "FIELDLINE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Redis URL, e.g. redis://redis.internal:6379/0 or rediss://... for TLS. Without it the
-    /// fleet runs on its embedded store in --data-dir (a single node).
-    #[arg(long, env = "FIELDLINE_REDIS_URL")]
-    redis_url: Option<String>,
-    /// Directory of the embedded store (used when no --redis-url is given).
-    #[arg(
-        long,
-        env = "FIELDLINE_DATA_DIR",
-        default_value = "fieldline-fleet-data"
-    )]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
     /// Token for the admin API (at least 16 characters; prefer the environment
     /// variable, command lines are visible to other users).
     #[arg(long, env = "FIELDLINE_ADMIN_TOKEN", hide_env_values = true)]
@@ -145,9 +139,6 @@ struct RunArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "FIELDLINE_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Stream partitions (Redis only); fixed for the lifetime of a Redis dataset.
-    #[arg(long, env = "FIELDLINE_PARTITIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    partitions: u32,
     /// Approximate max entries kept per stream partition (XADD MAXLEN ~).
     #[arg(long, env = "FIELDLINE_STREAM_MAXLEN", default_value_t = 1_000_000)]
     stream_maxlen: u64,
@@ -198,10 +189,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Run(a) => {
             let tokens = Tokens::new(&a.admin_token, &a.bootstrap_token)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let store = match a.redis_url {
+            let store = match a.store.redis_url {
                 Some(url) => StoreConfig::Redis {
                     url,
-                    partitions: a.partitions,
+                    partitions: a.store.partitions,
                     workers: (!a.no_workers).then(|| WorkerConfig {
                         lease: a.worker_lease.max(Duration::from_millis(500)),
                         max_attempts: a.worker_max_attempts,
@@ -209,7 +200,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         ..WorkerConfig::default()
                     }),
                 },
-                None => StoreConfig::Embedded { dir: a.data_dir },
+                None => StoreConfig::Embedded {
+                    dir: a.store.data_dir,
+                },
             };
             let cfg = FleetConfig {
                 listen: a.listen,

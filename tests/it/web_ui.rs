@@ -283,8 +283,8 @@ fn browser_steps(
     b.type_into("#login-password", "not the password", true)?;
     b.click("#login-submit")?;
     b.wait_text("#login-error", "wrong user name or password", long)?;
-    b.type_into("#login-password", PASSWORD, true)?;
-    b.click("#login-submit")?;
+    // Keyboard only: Enter in the password field submits (WebDriver's Enter key).
+    b.type_into("#login-password", &format!("{PASSWORD}\u{E007}"), true)?;
 
     // Fleet: the agent is listed and online, with its version.
     b.wait_text("#user", USER, long)?;
@@ -481,6 +481,16 @@ fn browser_steps(
         Duration::from_secs(60),
     )?;
 
+    // Sorting (two agents by now): the Agent column toggles, and keyboard focus
+    // stays on the sort button across the re-render.
+    b.click("button[data-sort='id']")?;
+    b.wait_text("#page tbody tr:first-child", "gw-ui", long)?;
+    b.click("button[data-sort='id']")?;
+    b.wait_text("#page tbody tr:first-child", "gw-anom", long)?;
+    if b.eval("return document.activeElement.dataset.sort")? != json!("id") {
+        return Err("sorting lost the keyboard focus".into());
+    }
+
     // Log out: the session no longer works.
     b.click("#logout")?;
     b.wait_text("#login-title", "log in", long)?;
@@ -534,6 +544,15 @@ fn ui_security(fleet: &Fleet) {
         }
         req.send().expect("request")
     };
+    let login = |user: &str, password: &str| {
+        send(
+            "POST",
+            "/ui/login",
+            None,
+            None,
+            Some(json!({"user": user, "password": password})),
+        )
+    };
 
     // The page itself is public (it holds no data) and locked to its origin.
     let page = send("GET", "/ui/", None, None, None);
@@ -566,13 +585,7 @@ fn ui_security(fleet: &Fleet) {
 
     // Wrong password, unknown user, wrong content type: refused, no cookie.
     for (user, pw) in [(USER, "wrong password!!"), ("nobody", PASSWORD)] {
-        let r = send(
-            "POST",
-            "/ui/login",
-            None,
-            None,
-            Some(json!({"user": user, "password": pw})),
-        );
+        let r = login(user, pw);
         assert_eq!(r.status(), 401);
         assert!(r.headers().get("set-cookie").is_none());
     }
@@ -583,23 +596,11 @@ fn ui_security(fleet: &Fleet) {
         .send()
         .unwrap();
     assert_eq!(form.status(), 415, "a cross-site form cannot log in");
-    let huge = send(
-        "POST",
-        "/ui/login",
-        None,
-        None,
-        Some(json!({"user": USER, "password": "x".repeat(100_000)})),
-    );
+    let huge = login(USER, &"x".repeat(100_000));
     assert_eq!(huge.status(), 413);
 
     // Login: the cookie is HttpOnly, SameSite=Strict, bounded in time.
-    let r = send(
-        "POST",
-        "/ui/login",
-        None,
-        None,
-        Some(json!({"user": USER, "password": PASSWORD})),
-    );
+    let r = login(USER, PASSWORD);
     assert_eq!(r.status(), 200);
     let set_cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
     for flag in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age="] {
@@ -664,13 +665,7 @@ fn ui_security(fleet: &Fleet) {
     );
     assert_eq!(r.status(), 200);
     // Another session's token does not work for this one.
-    let r2 = send(
-        "POST",
-        "/ui/login",
-        None,
-        None,
-        Some(json!({"user": USER, "password": PASSWORD})),
-    );
+    let r2 = login(USER, PASSWORD);
     let other: Value = serde_json::from_slice(&r2.bytes().unwrap()).unwrap();
     let other_csrf = other["csrf"].as_str().unwrap();
     assert_ne!(other_csrf, csrf);
@@ -715,21 +710,9 @@ fn ui_security(fleet: &Fleet) {
 
     // Five wrong passwords lock the user name out for a while, even with the right one.
     for _ in 0..5 {
-        send(
-            "POST",
-            "/ui/login",
-            None,
-            None,
-            Some(json!({"user": USER, "password": "wrong password!!"})),
-        );
+        login(USER, "wrong password!!");
     }
-    let r = send(
-        "POST",
-        "/ui/login",
-        None,
-        None,
-        Some(json!({"user": USER, "password": PASSWORD})),
-    );
+    let r = login(USER, PASSWORD);
     assert_eq!(r.status(), 429);
 }
 

@@ -321,7 +321,7 @@ PAGES.fleet = (root) => {
 // ---------- Agent ----------
 
 function chart(name, points) {
-  const W = 560; const H = 220; const L = 56; const R = 10; const T = 12; const B = 34;
+  const W = 600; const H = 250; const L = 64; const R = 12; const T = 14; const B = 40;
   const svg = h('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': `${name}: window mean over time` });
   if (!points.length) return svg;
   const t0 = points[0].end_ms; const t1 = Math.max(points[points.length - 1].end_ms, t0 + 1000);
@@ -337,7 +337,7 @@ function chart(name, points) {
   }
   for (let i = 0; i <= 3; i++) {
     const t = t0 + ((t1 - t0) * i) / 3;
-    svg.append(h('text', { x: x(t), y: H - B + 16, 'text-anchor': i === 0 ? 'start' : i === 3 ? 'end' : 'middle' }, fmtClock(t)));
+    svg.append(h('text', { x: x(t), y: H - B + 18, 'text-anchor': i === 0 ? 'start' : i === 3 ? 'end' : 'middle' }, fmtClock(t)));
   }
   svg.append(h('line', { class: 'axis', x1: L, x2: L, y1: T, y2: H - B }),
     h('line', { class: 'axis', x1: L, x2: W - R, y1: H - B, y2: H - B }),
@@ -555,6 +555,7 @@ PAGES.configs = (root, [kind, a, b]) => {
           try {
             const r = await api('POST', `/api/v1/configs/${scopePath()}/rollback`, { generation: v.generation });
             toast(`rolled back: generation ${r.generation} has the config of ${v.generation}`);
+            $('cfg-saved').textContent = `Rolled back: generation ${r.generation} has the config of generation ${v.generation}.`;
             load();
           } catch (e) { toast(e.message); }
         } }, `Roll back to g${v.generation}`)) }], rows, { empty: 'no versions for this scope yet' }).el);
