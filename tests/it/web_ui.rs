@@ -187,6 +187,18 @@ impl Browser {
             .map_err(|e| format!("{css}: {e}"))
     }
 
+    fn select(&self, css: &str, value: &str) -> Step<()> {
+        self.rt
+            .block_on(async {
+                self.c()
+                    .find(Locator::Css(css))
+                    .await?
+                    .select_by_value(value)
+                    .await
+            })
+            .map_err(|e| format!("select {value} in {css}: {e}"))
+    }
+
     fn set_size(&self, w: u32, h: u32) -> Step<()> {
         self.rt
             .block_on(self.c().set_window_size(w, h))
@@ -332,6 +344,17 @@ fn browser_steps(
         std::thread::sleep(Duration::from_millis(200));
     }
     b.screenshot("agent");
+    // Labels set on the agent page select it in the fleet filter.
+    b.type_into("#agent-labels", "site=lab rack=3", true)?;
+    b.click("#agent-labels-save")?;
+    b.wait_text("#agent-labels-msg", "labels saved", long)?;
+    b.click("a[href='#/fleet']")?;
+    b.type_into("#fleet-filter", "site=lab", true)?;
+    b.wait_text("#fleet-summary", "showing 1", long)?;
+    b.wait_text("tr[data-id='gw-ui']", "rack=3 site=lab", long)?;
+    b.type_into("#fleet-filter", "site=elsewhere", true)?;
+    b.wait_text("#fleet-summary", "showing 0", long)?;
+    b.type_into("#fleet-filter", "", true)?;
 
     // Configs: validation errors before saving, a diff, save, the agent reports
     // the new generation.
@@ -386,6 +409,25 @@ fn browser_steps(
     let g3 = c["resolved"]["generation"].as_u64().unwrap_or(0);
     b.screenshot("configs-history");
 
+    // A staged rollout to a group: one canary, 0 % of the rest. (gw-ui keeps its
+    // own override, which wins; this checks what the page sends and shows.)
+    b.select("#cfg-kind", "group")?;
+    b.type_into("#cfg-gkey", "site", true)?;
+    b.type_into("#cfg-gval", "lab", true)?;
+    b.click("#cfg-load")?;
+    b.wait_text("#cfg-history", "no versions", long)?;
+    b.type_into("#cfg-toml", "[window]\nsize = \"4s\"\n", true)?;
+    b.wait_text("#cfg-valid", "valid", long)?;
+    b.type_into("#cfg-canary", "gw-ui", true)?;
+    b.type_into("#cfg-percent", "0", true)?;
+    b.click("#cfg-save")?;
+    b.wait_text("#cfg-status", "0% and canaries gw-ui", long)?;
+    let g = admin_get(http, &format!("{base}/api/v1/configs/groups/site/lab"));
+    if g["rollout"]["canary"] != json!(["gw-ui"]) || g["rollout"]["percent"] != json!(0) {
+        return Err(format!("the group rollout is {g}"));
+    }
+    b.screenshot("configs-rollout");
+
     // Anomalies: one injected through the real agent ingest path appears live.
     b.goto(&format!("{base}/ui/#/anomalies"))?;
     b.wait_text("#an-feed", "no anomaly", long)?;
@@ -412,6 +454,12 @@ fn browser_steps(
     }
     b.wait_text("#an-top", "gw-anom/pump/pressure", long)?;
     b.screenshot("anomalies");
+    // Filters apply to the feed at once (score 0.93 is below 0.95).
+    b.type_into("#an-min", "0.95", true)?;
+    b.wait_text("#an-feed", "no anomaly matches", long)?;
+    b.type_into("#an-min", "0.9", true)?;
+    b.type_into("#an-agent", "gw-anom", true)?;
+    b.wait_text("#an-feed", "pressure above 90", long)?;
 
     // Dead letters: an undecodable MQTT payload reaches the fleet DLQ through the
     // agent; inspect it and replay it from the UI.
@@ -466,6 +514,18 @@ fn browser_steps(
             "the replayed record is not in the records stream: {records}"
         ));
     }
+
+    // Delete the re-filed one, after the confirmation dialog.
+    let dlq = admin_get(http, &format!("{base}/api/v1/dlq"));
+    let refiled = dlq["entries"][0]["id"]
+        .as_str()
+        .ok_or("no re-filed dead letter")?
+        .to_string();
+    b.wait_text("#dlq-list", &refiled, long)?;
+    b.click(&format!("button[data-delete='{refiled}']"))?;
+    b.rt.block_on(b.c().accept_alert())
+        .map_err(|e| format!("confirm the delete: {e}"))?;
+    b.wait_text("#dlq-list", "empty", long)?;
 
     // Streams: partitions and lengths.
     b.click("a[href='#/streams']")?;

@@ -195,17 +195,24 @@ function table(cols, rows, opts = {}) {
   return { el: h('div', { class: 'table-wrap' }, h('table', { class: 'stack' }, h('thead', {}, head), body)), body };
 }
 
+const shownHtml = new WeakMap();
+
 function fillRows(body, cols, rows, opts = {}) {
-  // A periodic refresh replaces the rows: keep keyboard focus on the same control.
+  const fresh = rows.length ? rows.map((r) => h('tr', { class: opts.rowClass ? opts.rowClass(r) : null, 'data-id': opts.rowId ? opts.rowId(r) : null },
+    cols.map((c) => h('td', { class: c.num ? 'num' : null, 'data-label': c.label }, c.cell ? c.cell(r) : fmtNum(r[c.key])))))
+    : [h('tr', {}, h('td', { colspan: cols.length, class: 'muted' }, opts.empty || 'nothing yet'))];
+  // Rows that look the same stay in place: a refresh must not swap the element
+  // under a click in progress or under the keyboard focus.
+  const html = fresh.map((r) => r.outerHTML).join('');
+  if (shownHtml.get(body) === html) return;
+  shownHtml.set(body, html);
   const active = document.activeElement;
   let restore = null;
   if (active && body.contains(active)) {
     const tr = active.closest('tr');
     restore = { id: tr.dataset.id, i: [...tr.querySelectorAll('a,button')].indexOf(active) };
   }
-  body.replaceChildren(...(rows.length ? rows.map((r) => h('tr', { class: opts.rowClass ? opts.rowClass(r) : null, 'data-id': opts.rowId ? opts.rowId(r) : null },
-    cols.map((c) => h('td', { class: c.num ? 'num' : null, 'data-label': c.label }, c.cell ? c.cell(r) : fmtNum(r[c.key])))))
-    : [h('tr', {}, h('td', { colspan: cols.length, class: 'muted' }, opts.empty || 'nothing yet'))]));
+  body.replaceChildren(...fresh);
   if (restore && restore.id) {
     const tr = [...body.children].find((r) => r.dataset.id === restore.id);
     const el = tr && tr.querySelectorAll('a,button')[restore.i];
@@ -301,7 +308,8 @@ PAGES.fleet = (root) => {
     draw();
     if (focused) { const b = wrap.querySelector(`[data-sort="${focused}"]`); if (b) b.focus(); }
   }
-  filter.addEventListener('input', () => { F.filter = filter.value.trim(); draw(); });
+  // `change` too: clearing a field (browser autofill, WebDriver) may fire only that.
+  for (const ev of ['input', 'change']) filter.addEventListener(ev, () => { F.filter = filter.value.trim(); draw(); });
   status.addEventListener('change', () => { F.status = status.value; draw(); });
   root.append(h('h1', {}, 'Fleet'),
     h('div', { class: 'toolbar' },
@@ -361,6 +369,21 @@ PAGES.agent = (root, [id]) => {
   const series = h('div', { id: 'agent-series' });
   const charts = h('div', { class: 'grid', id: 'agent-charts' });
   const anomalies = h('ul', { class: 'feed', id: 'agent-anomalies' });
+  const labelsIn = h('input', { id: 'agent-labels', size: 40, placeholder: 'site=berlin rack=3' });
+  const labelsMsg = h('p', { id: 'agent-labels-msg', role: 'status' });
+  const labelsBtn = h('button', { type: 'button', id: 'agent-labels-save', class: 'secondary' }, 'Save labels');
+  labelsBtn.addEventListener('click', async () => {
+    const labels = {};
+    for (const term of labelsIn.value.split(/[ ,]+/).filter(Boolean)) {
+      const [k, v] = term.split('=');
+      if (!k || v === undefined) { labelsMsg.textContent = `\`${term}\` is not key=value`; return; }
+      labels[k] = v;
+    }
+    try {
+      await api('PUT', `/api/v1/agents/${encodeURIComponent(id)}/labels`, labels);
+      labelsMsg.textContent = 'labels saved';
+    } catch (e) { labelsMsg.textContent = e.message; }
+  });
   const data = {};
   const chartEls = {};
   function drawChart(name) {
@@ -377,7 +400,10 @@ PAGES.agent = (root, [id]) => {
         lastP ? h('span', { class: 'muted' }, ` · latest ${fmtNum(lastP.mean)} (${lastP.count} readings)`) : null),
       chart(name, pts));
   }
-  root.append(h('h1', {}, `Agent ${id}`), head, h('h2', {}, 'Config'), cfg,
+  root.append(h('h1', {}, `Agent ${id}`), head,
+    h('div', { class: 'toolbar' }, h('div', {}, h('label', { for: 'agent-labels' }, 'Labels (key=value, space-separated; they select group configs)'), labelsIn), labelsBtn),
+    labelsMsg,
+    h('h2', {}, 'Config'), cfg,
     h('h2', {}, 'Series (latest values, fleet-wide state)'), series,
     h('h2', {}, 'Window aggregates (live)'), charts,
     h('h2', {}, 'Recent anomalies'), anomalies);
@@ -404,6 +430,7 @@ PAGES.agent = (root, [id]) => {
         h('p', {}, badge(a.status), ` version ${a.version || '–'} · last seen ${ago(a.last_seen_age_s)} · started ${fmtTime(a.started_ms)} · enrolled ${fmtTime(a.enrolled_ms)}`),
         h('p', {}, 'Labels: ', Object.entries(a.labels || {}).map(([k, v]) => `${k}=${v}`).join(' ') || 'none'),
         h('p', { class: 'muted' }, `outbox ${counter(a, 'outbox_len')} records · dead letters ${counter(a, 'dead_letters')} · late dropped ${counter(a, 'late_dropped')} · outbox dropped ${counter(a, 'outbox_dropped')} · acked seq ${a.last_acked_seq}`)]);
+      if (first) labelsIn.value = Object.entries(a.labels || {}).map(([k, v]) => `${k}=${v}`).join(' ');
       const d = c.drift;
       renderIfChanged(cfg, [d, c.resolved && c.resolved.source, c.report], () => [
         h('p', { id: 'agent-config-state' }, d.state === 'no_config' ? 'No fleet config: the agent runs its local file. ' : '',
@@ -648,7 +675,7 @@ PAGES.anomalies = (root) => {
     feed.replaceChildren(...(shown.length ? shown.map((a) => item(a, false)) : [h('li', { class: 'muted', id: 'an-empty' }, 'no anomaly matches (the feed shows anomalies this fleet server received)')]));
   }
   for (const [el, k] of [[fAgent, 'agent'], [fSeries, 'series'], [fMin, 'min']]) {
-    el.addEventListener('input', () => { A[k] = k === 'min' ? Number(el.value) || 0 : el.value.trim(); draw(); });
+    for (const ev of ['input', 'change']) el.addEventListener(ev, () => { A[k] = k === 'min' ? Number(el.value) || 0 : el.value.trim(); draw(); });
   }
   root.append(h('h1', {}, 'Anomalies'),
     h('div', { class: 'toolbar' },
