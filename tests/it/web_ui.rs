@@ -809,3 +809,74 @@ fn a_resent_batch_adds_no_second_live_anomaly() {
     );
     assert_eq!(other["anomalies"], json!([]));
 }
+
+/// `fieldline-fleet admin add|list` manage accounts in the store the server opens;
+/// the password comes from stdin, never the command line.
+#[test]
+fn admin_add_creates_an_account_the_server_accepts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("fleet-store");
+    let admin = |args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = Command::new(bin("fieldline-fleet"))
+            .arg("admin")
+            .args(args)
+            .arg("--data-dir")
+            .arg(&store)
+            .env_remove("FIELDLINE_ADMIN_PASSWORD")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("fieldline-fleet admin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("write password");
+        let out = child.wait_with_output().expect("exit");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = admin(&["add", "--user", "alice"], "too short\n");
+    assert!(
+        !ok && out.contains("password must be 12-1024 characters"),
+        "{out}"
+    );
+    let (ok, out) = admin(&["add", "--user", "alice"], "alice's long passphrase\n");
+    assert!(ok, "{out}");
+    let (ok, out) = admin(&["add", "--user", "alice"], "another long passphrase\n");
+    assert!(
+        !ok && out.contains("account `alice` already exists"),
+        "{out}"
+    );
+    let (ok, out) = admin(&["list"], "");
+    assert!(ok && out.trim() == "alice", "{out}");
+
+    // The server started on that store accepts the account; no bootstrap needed.
+    let port = free_port();
+    let _fleet = Proc::spawn(
+        "fleet-admin",
+        fleet_command(port).arg("--data-dir").arg(&store),
+        dir.path(),
+    );
+    wait_for_port(port);
+    let http = http_builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let login = |pw: &str| {
+        http.post(format!("http://127.0.0.1:{port}/ui/login"))
+            .header("content-type", "application/json")
+            .body(json!({"user": "alice", "password": pw}).to_string())
+            .send()
+            .expect("login")
+            .status()
+    };
+    assert_eq!(login("another long passphrase"), 401);
+    assert_eq!(login("alice's long passphrase"), 200);
+}
