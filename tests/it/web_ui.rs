@@ -205,6 +205,23 @@ impl Browser {
             .map_err(|e| format!("window size: {e}"))
     }
 
+    /// Readable at phone width (390 px): tables stack, nothing scrolls sideways.
+    /// Leaves a `<page>-phone.png` screenshot.
+    fn phone_check(&self, page: &str) -> Step<()> {
+        self.set_size(390, 844)?;
+        std::thread::sleep(Duration::from_millis(300));
+        let overflow =
+            self.eval("return document.documentElement.scrollWidth - window.innerWidth")?;
+        self.screenshot(&format!("{page}-phone"));
+        self.set_size(1280, 900)?;
+        if overflow.as_f64().unwrap_or(1e9) > 1.0 {
+            return Err(format!(
+                "the {page} page scrolls sideways at 390 px by {overflow} px"
+            ));
+        }
+        Ok(())
+    }
+
     fn screenshot(&self, name: &str) {
         match self.rt.block_on(self.c().screenshot()) {
             Ok(png) => {
@@ -303,17 +320,7 @@ fn browser_steps(
     b.wait_text("tr[data-id='gw-ui']", "online", long)?;
     b.wait_text("#fleet-summary", "1 agents", long)?;
     b.screenshot("fleet");
-    // Readable at phone width: tables stack, nothing scrolls sideways.
-    b.set_size(390, 844)?;
-    std::thread::sleep(Duration::from_millis(300));
-    let overflow = b.eval("return document.documentElement.scrollWidth - window.innerWidth")?;
-    b.screenshot("fleet-phone");
-    b.set_size(1280, 900)?;
-    if overflow.as_f64().unwrap_or(1e9) > 1.0 {
-        return Err(format!(
-            "the fleet page scrolls sideways at 390 px by {overflow} px"
-        ));
-    }
+    b.phone_check("fleet")?;
     // The filter hides agents without the label.
     b.type_into("#fleet-filter", "site=nowhere", true)?;
     b.wait_text("#fleet-summary", "showing 0", long)?;
@@ -344,6 +351,7 @@ fn browser_steps(
         std::thread::sleep(Duration::from_millis(200));
     }
     b.screenshot("agent");
+    b.phone_check("agent")?;
     // Labels set on the agent page select it in the fleet filter.
     b.type_into("#agent-labels", "site=lab rack=3", true)?;
     b.click("#agent-labels-save")?;
@@ -408,6 +416,7 @@ fn browser_steps(
     }
     let g3 = c["resolved"]["generation"].as_u64().unwrap_or(0);
     b.screenshot("configs-history");
+    b.phone_check("configs")?;
 
     // A staged rollout to a group: one canary, 0 % of the rest. (gw-ui keeps its
     // own override, which wins; this checks what the page sends and shows.)
@@ -454,6 +463,7 @@ fn browser_steps(
     }
     b.wait_text("#an-top", "gw-anom/pump/pressure", long)?;
     b.screenshot("anomalies");
+    b.phone_check("anomalies")?;
     // Filters apply to the feed at once (score 0.93 is below 0.95).
     b.type_into("#an-min", "0.95", true)?;
     b.wait_text("#an-feed", "no anomaly matches", long)?;
@@ -482,6 +492,7 @@ fn browser_steps(
     b.click(&format!("button[data-inspect='{id}']"))?;
     b.wait_text("#dlq-payload-text", "not a number {", long)?;
     b.screenshot("dlq");
+    b.phone_check("dlq")?;
     b.click(&format!("button[data-replay='{id}']"))?;
     b.wait_text("#toast", &format!("dead letter {id} replayed"), long)?;
     // A dead letter has no global state, so the workers file it again with a new
@@ -532,6 +543,7 @@ fn browser_steps(
     b.wait_text("#streams-list", "records", long)?;
     b.wait_text("#streams-summary", "distinct series", long)?;
     b.screenshot("streams");
+    b.phone_check("streams")?;
 
     // The rolled-back config reached the agent meanwhile.
     b.click("a[href='#/fleet']")?;
