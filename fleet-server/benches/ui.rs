@@ -4,7 +4,7 @@
 //!
 //! 1. The live hub on the ingest path: `Hub::ingested` for a batch of 1,000 window
 //!    results over 100 series (what one agent batch costs in addition to the store
-//!    write), with one SSE subscriber attached.
+//!    write), without and with one SSE subscriber attached.
 //! 2. A session check (`Sessions::authorize`: cookie parse, SHA-256, map lookup, CSRF
 //!    comparison), paid by every UI request.
 //! 3. A login (`Sessions::login` on the embedded store: Argon2id verification with the
@@ -52,25 +52,30 @@ fn batch(first_seq: u64, n: u64) -> Vec<Record> {
 }
 
 fn main() {
-    let hub = Hub::default();
-    let mut rx = hub.subscribe();
     let batches: Vec<_> = (0..200).map(|b| batch(b * 1000 + 1, 1000)).collect();
-    let runs = (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            for b in &batches {
-                hub.ingested("gw-bench", black_box(b), 0);
-                // Drain like a connected page would, so the channel does not lag.
-                while rx.try_recv().is_ok() {}
-            }
-            t.elapsed() / batches.len() as u32
-        })
-        .collect();
-    let per_batch = median(runs);
-    println!(
-        "hub.ingested, 1,000 window results over 100 series: {per_batch:?} per batch ({:.0} ns per record)",
-        per_batch.as_nanos() as f64 / 1000.0
-    );
+    for subscribed in [false, true] {
+        let hub = Hub::default();
+        let mut rx = subscribed.then(|| hub.subscribe());
+        let runs = (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                for b in &batches {
+                    hub.ingested("gw-bench", black_box(b), 0);
+                    // Drain like a connected page would, so the channel does not lag.
+                    if let Some(rx) = rx.as_mut() {
+                        while rx.try_recv().is_ok() {}
+                    }
+                }
+                t.elapsed() / batches.len() as u32
+            })
+            .collect();
+        let per_batch = median(runs);
+        println!(
+            "hub.ingested, 1,000 window results over 100 series, {}: {per_batch:?} per batch ({:.0} ns per record)",
+            if subscribed { "one SSE subscriber" } else { "no subscriber" },
+            per_batch.as_nanos() as f64 / 1000.0
+        );
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

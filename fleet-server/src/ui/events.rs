@@ -110,28 +110,22 @@ impl Default for Hub {
     }
 }
 
-/// The chart name of a window's series: pipelines other than the default one are
-/// named, since two pipelines may aggregate the same series differently.
-fn series_name(series: &str, pipeline: &str) -> String {
-    if pipeline.is_empty() {
-        series.to_string()
-    } else {
-        format!("{series} [{pipeline}]")
-    }
-}
-
 impl Hub {
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.tx.subscribe()
     }
 
-    /// Records that `agent`'s batch added `records`.
+    /// Records that `agent`'s batch added `records`. On the ingest path: allocates
+    /// only for new series and for events someone is subscribed to.
     pub fn ingested(&self, agent: &str, records: &[Record], now_ms: i64) {
+        use std::fmt::Write;
+        let live = self.tx.receiver_count() > 0;
         let mut events = Vec::new();
+        let mut name = String::new();
         {
             let mut recent = self.recent.lock().expect("hub lock");
             for r in records {
-                let event = match &r.body {
+                match &r.body {
                     RecordBody::Anomaly(a) => {
                         let e = AnomalyEvent {
                             agent: agent.to_string(),
@@ -147,11 +141,18 @@ impl Hub {
                         if recent.anomalies.len() == MAX_ANOMALIES {
                             recent.anomalies.pop_front();
                         }
-                        recent.anomalies.push_back(e.clone());
-                        Event::Anomaly(e)
+                        if live {
+                            events.push(Event::Anomaly(e.clone()));
+                        }
+                        recent.anomalies.push_back(e);
                     }
                     RecordBody::Window(w) => {
-                        let name = series_name(&w.series.to_string(), &w.pipeline);
+                        name.clear();
+                        let _ = write!(name, "{}", w.series);
+                        if !w.pipeline.is_empty() {
+                            // Two pipelines may aggregate the same series differently.
+                            let _ = write!(name, " [{}]", w.pipeline);
+                        }
                         let point = Point {
                             start_ms: w.start_ms,
                             end_ms: w.end_ms,
@@ -160,49 +161,47 @@ impl Hub {
                             max: w.max,
                             count: w.count,
                         };
-                        if !self.keep_point(&mut recent, agent, &name, &point) {
-                            continue;
-                        }
-                        Event::Window {
-                            agent: agent.to_string(),
-                            series: name,
-                            point,
+                        if self.keep_point(&mut recent, agent, &name, &point) && live {
+                            events.push(Event::Window {
+                                agent: agent.to_string(),
+                                series: name.clone(),
+                                point,
+                            });
                         }
                     }
-                    RecordBody::DeadLetter(d) => Event::DeadLetter {
+                    RecordBody::DeadLetter(d) if live => events.push(Event::DeadLetter {
                         agent: agent.to_string(),
                         topic: d.topic.clone(),
                         reason: d.reason.clone(),
-                    },
-                    _ => continue,
-                };
-                events.push(event);
+                    }),
+                    _ => {}
+                }
             }
         }
         for e in events {
-            // No receiver is not an error: nobody has the UI open.
+            // A receiver gone since the check is not an error.
             let _ = self.tx.send(Arc::new(e));
         }
     }
 
     fn keep_point(&self, recent: &mut Recent, agent: &str, name: &str, point: &Point) -> bool {
-        let known = recent
-            .windows
-            .get(agent)
-            .is_some_and(|m| m.contains_key(name));
-        if !known {
-            if recent.series >= MAX_SERIES {
+        let Recent {
+            windows, series, ..
+        } = recent;
+        if windows.get(agent).is_none_or(|m| !m.contains_key(name)) {
+            if *series >= MAX_SERIES {
                 self.untracked_series.fetch_add(1, Ordering::Relaxed);
                 return false;
             }
-            recent.series += 1;
+            *series += 1;
+            windows
+                .entry(agent.to_string())
+                .or_default()
+                .insert(name.to_string(), VecDeque::new());
         }
-        let points = recent
-            .windows
-            .entry(agent.to_string())
-            .or_default()
-            .entry(name.to_string())
-            .or_default();
+        let Some(points) = windows.get_mut(agent).and_then(|m| m.get_mut(name)) else {
+            return false;
+        };
         // A revision (allowed lateness) replaces the window it revises.
         if let Some(p) = points.iter_mut().rev().find(|p| p.end_ms == point.end_ms) {
             *p = point.clone();
