@@ -116,6 +116,11 @@ impl Fleet {
                 tracing::info!(user = %user, "created the first web ui account");
             }
         }
+        if crate::ui::session::accounts(&*store).await?.is_empty() {
+            tracing::warn!(
+                "no web ui account yet: set FIELDLINE_ADMIN_PASSWORD or run `fieldline-fleet admin add --user NAME`"
+            );
+        }
         let epoch = store.counter_get(crate::configs::EPOCH).await?;
         let state = Arc::new(AppState {
             store,

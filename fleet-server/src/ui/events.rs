@@ -188,30 +188,22 @@ impl Hub {
         let Recent {
             windows, series, ..
         } = recent;
-        if windows.get(agent).is_none_or(|m| !m.contains_key(name)) {
-            if *series >= MAX_SERIES {
-                self.untracked_series.fetch_add(1, Ordering::Relaxed);
-                return false;
-            }
-            *series += 1;
-            windows
-                .entry(agent.to_string())
-                .or_default()
-                .insert(name.to_string(), VecDeque::new());
+        // The common case, a known series: two lookups, no allocation.
+        if let Some(points) = windows.get_mut(agent).and_then(|m| m.get_mut(name)) {
+            add_point(points, point);
+            return true;
         }
-        let Some(points) = windows.get_mut(agent).and_then(|m| m.get_mut(name)) else {
+        if *series >= MAX_SERIES {
+            self.untracked_series.fetch_add(1, Ordering::Relaxed);
             return false;
-        };
-        // A revision (allowed lateness) replaces the window it revises.
-        if let Some(p) = points.iter_mut().rev().find(|p| p.end_ms == point.end_ms) {
-            *p = point.clone();
-        } else {
-            let at = points.partition_point(|p| p.end_ms < point.end_ms);
-            points.insert(at, point.clone());
-            if points.len() > MAX_POINTS {
-                points.pop_front();
-            }
         }
+        *series += 1;
+        let mut points = VecDeque::new();
+        add_point(&mut points, point);
+        windows
+            .entry(agent.to_string())
+            .or_default()
+            .insert(name.to_string(), points);
         true
     }
 
@@ -246,6 +238,20 @@ impl Hub {
 
     pub fn untracked_series(&self) -> u64 {
         self.untracked_series.load(Ordering::Relaxed)
+    }
+}
+
+/// Points stay sorted by window end; a revision (allowed lateness) replaces the
+/// window it revises.
+fn add_point(points: &mut VecDeque<Point>, point: &Point) {
+    match points.binary_search_by_key(&point.end_ms, |p| p.end_ms) {
+        Ok(i) => points[i] = point.clone(),
+        Err(i) => {
+            points.insert(i, point.clone());
+            if points.len() > MAX_POINTS {
+                points.pop_front();
+            }
+        }
     }
 }
 
