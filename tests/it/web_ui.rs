@@ -892,3 +892,125 @@ fn admin_add_creates_an_account_the_server_accepts() {
     assert_eq!(login("another long passphrase"), 401);
     assert_eq!(login("alice's long passphrase"), 200);
 }
+
+/// The endpoints the Configs page adds: a dry-run validation listing every problem,
+/// and rollback to a version of the history (a new generation; it ends a rollout).
+#[test]
+fn config_validation_and_rollback_endpoints() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fleet = spawn_fleet_embedded_on(free_port(), dir.path());
+    let http = http_builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let call = |method: &str, path: &str, body: Value| -> (u16, Value) {
+        let url = format!("{}{path}", fleet.url());
+        let req = match method {
+            "PUT" => http.put(url),
+            _ => http.post(url),
+        };
+        let resp = req
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .expect("request");
+        let status = resp.status().as_u16();
+        (
+            status,
+            serde_json::from_slice(&resp.bytes().expect("body")).unwrap_or(Value::Null),
+        )
+    };
+
+    let (s, v) = call(
+        "POST",
+        "/api/v1/configs/validate",
+        json!({"toml": "[window]\nsize = \"0s\"\n[uplink]\nbatch_max_records = 0\n"}),
+    );
+    assert_eq!(s, 200);
+    assert_eq!(v["valid"], false);
+    let problems = v["problems"].as_array().expect("problems");
+    assert!(problems.len() >= 2, "every problem, not the first: {v}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.as_str().unwrap().contains("window.size")),
+        "{v}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.as_str().unwrap().contains("uplink.batch_max_records")),
+        "{v}"
+    );
+    let (_, v) = call(
+        "POST",
+        "/api/v1/configs/validate",
+        json!({"toml": "[window]\nsize = \"5s\"\n"}),
+    );
+    assert_eq!(v, json!({"valid": true, "problems": []}));
+    let (_, v) = call(
+        "POST",
+        "/api/v1/configs/validate",
+        json!({"toml": "[agent]\nid = \"x\"\n"}),
+    );
+    assert!(
+        v["problems"][0].as_str().unwrap().contains("[agent]"),
+        "{v}"
+    );
+
+    let group = "/api/v1/configs/groups/site/lab";
+    let (_, v) = call("PUT", group, json!({"toml": "[window]\nsize = \"2s\"\n"}));
+    let g1 = v["generation"].as_u64().expect("generation");
+    let (_, v) = call(
+        "PUT",
+        group,
+        json!({"toml": "[window]\nsize = \"3s\"\n", "rollout": {"canary": ["gw-1"], "percent": 10}}),
+    );
+    let g2 = v["generation"].as_u64().expect("generation");
+    let (s, v) = call(
+        "POST",
+        &format!("{group}/rollback"),
+        json!({"generation": g1}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let g3 = v["generation"].as_u64().expect("generation");
+    assert!(g3 > g2 && v["rolled_back_to"] == json!(g1), "{v}");
+    let doc = admin_get(&http, &format!("{}{group}", fleet.url()));
+    assert_eq!(doc["desired"]["toml"], "[window]\nsize = \"2s\"\n");
+    assert_eq!(
+        doc["desired"]["note"],
+        format!("rollback to generation {g1}")
+    );
+    assert_eq!(
+        doc["rollout"],
+        Value::Null,
+        "a rollback goes to the whole group"
+    );
+    assert_eq!(doc["history"].as_array().expect("history").len(), 3);
+
+    let (s, v) = call(
+        "POST",
+        &format!("{group}/rollback"),
+        json!({"generation": 999}),
+    );
+    assert_eq!(s, 404, "{v}");
+    let (s, _) = call(
+        "POST",
+        "/api/v1/configs/groups/site/none/rollback",
+        json!({"generation": g1}),
+    );
+    assert_eq!(s, 404);
+    let (s, _) = call(
+        "POST",
+        "/api/v1/configs/agents/gw-unknown/rollback",
+        json!({"generation": g1}),
+    );
+    assert_eq!(s, 404);
+    let (s, _) = call(
+        "POST",
+        &format!("{group}/rollback"),
+        json!({"generation": "one"}),
+    );
+    assert_eq!(s, 400);
+}
