@@ -150,9 +150,12 @@ impl Browser {
         ))
     }
 
+    /// Clicks `css`, finding it again when a live refresh replaced it meanwhile
+    /// (a stale element).
     fn click(&self, css: &str) -> Step<()> {
-        self.rt
-            .block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = self.rt.block_on(async {
                 self.c()
                     .wait()
                     .at_most(Duration::from_secs(10))
@@ -160,8 +163,15 @@ impl Browser {
                     .await?
                     .click()
                     .await
-            })
-            .map_err(|e| format!("click {css}: {e}"))
+            });
+            match r {
+                Ok(()) => return Ok(()),
+                Err(e) if e.to_string().contains("stale") && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(format!("click {css}: {e}")),
+            }
+        }
     }
 
     fn type_into(&self, css: &str, text: &str, clear: bool) -> Step<()> {
@@ -552,6 +562,24 @@ fn browser_steps(
         &format!("g{g3} / g{g3} in sync"),
         Duration::from_secs(60),
     )?;
+
+    // A config valid for the fleet but not merged with this agent's file (its
+    // backoff_max is 500ms): the agent rejects it, keeps g3, and the agent page and
+    // the fleet row show the rejection.
+    b.goto(&format!("{base}/ui/#/configs/agent/gw-ui"))?;
+    b.wait_text("#cfg-history", "rollback to generation", long)?;
+    b.type_into("#cfg-toml", "[uplink]\nbackoff_min = \"1s\"\n", true)?;
+    b.wait_text("#cfg-valid", "valid", long)?;
+    b.click("#cfg-save")?;
+    b.wait_text("#cfg-saved", "Saved generation", long)?;
+    b.click("a[href='#/fleet']")?;
+    b.click("a[href='#/agent/gw-ui']")?;
+    b.wait_text("#agent-config", "backoff_max", long)?;
+    b.wait_text("#agent-config", "Rejected", long)?;
+    b.wait_text("#agent-config", &format!("observed generation {g3}"), long)?;
+    b.screenshot("agent-rejected");
+    b.click("a[href='#/fleet']")?;
+    b.wait_text("tr[data-id='gw-ui']", "rejected drift", long)?;
 
     // Sorting (two agents by now): the Agent column toggles, and keyboard focus
     // stays on the sort button across the re-render.

@@ -206,6 +206,20 @@ function fillRows(body, cols, rows, opts = {}) {
   const html = fresh.map((r) => r.outerHTML).join('');
   if (shownHtml.get(body) === html) return;
   shownHtml.set(body, html);
+  const old = [...body.children];
+  if (old.length === fresh.length && old.every((r, i) => r.dataset.id && r.dataset.id === fresh[i].dataset.id)) {
+    // Same rows in the same order: swap only the cells that changed, so links and
+    // buttons in unchanged cells (and clicks on them in progress) stay put.
+    old.forEach((r, i) => {
+      r.className = fresh[i].className;
+      // Snapshots: replaceWith moves a fresh cell out of its (live) row.
+      const nus = [...fresh[i].children];
+      [...r.children].forEach((td, j) => {
+        if (td.innerHTML !== nus[j].innerHTML) td.replaceWith(nus[j]);
+      });
+    });
+    return;
+  }
   const active = document.activeElement;
   let restore = null;
   if (active && body.contains(active)) {
