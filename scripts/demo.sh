@@ -2,7 +2,7 @@
 # README command 1: a fleet server (embedded store, no Redis), two agents and simulated
 # sensors on this machine.
 # Builds the binaries, then runs `fieldline-fleet demo` (embedded store, no Redis
-# needed), which prints the URLs and the admin token.
+# needed), which prints the web UI's URL with a login, the API URLs and the admin token.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fieldline/target}"

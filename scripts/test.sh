@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # README command 2: the whole test suite, as CI runs it.
-# Installs what cargo cannot (redis-server, mosquitto-clients, a C linker) when
-# missing, then: rustfmt check, clippy with warnings as errors, build, every test.
+# Installs what cargo cannot (redis-server, mosquitto-clients, chromium and
+# chromium-driver, a C linker) when missing, then: rustfmt check, clippy with warnings as errors, build, every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +13,9 @@ need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
 command -v cc >/dev/null || need+=(gcc libc6-dev)
+# The web UI's end-to-end tests drive a real headless Chromium over WebDriver.
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if ((${#need[@]})); then
   echo "==> installing ${need[*]}"
   if [ "$(id -u)" = 0 ]; then

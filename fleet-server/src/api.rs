@@ -42,6 +42,8 @@ pub struct AppState {
     pub max_batch_records: usize,
     /// An agent whose last heartbeat is older than this is `stale`; 3× is `offline`.
     pub stale_after: Duration,
+    /// Web UI: sessions and the live event hub.
+    pub ui: crate::ui::UiState,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -71,6 +73,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/agents/{id}/records", get(agent_records))
         .route("/api/v1/agents/{id}/revoke", post(revoke))
         .route("/api/v1/agents/{id}/allow-reenroll", post(allow_reenroll))
+        .route("/api/v1/configs/validate", post(config_validate))
+        .route(
+            "/api/v1/configs/agents/{id}/rollback",
+            post(config_rollback_agent),
+        )
+        .route(
+            "/api/v1/configs/groups/{key}/{value}/rollback",
+            post(config_rollback_group),
+        )
+        .route("/api/v1/agents/{id}/windows", get(agent_windows))
+        .route("/api/v1/events/anomalies", get(recent_anomalies))
         .route("/api/v1/streams", get(streams))
         .route("/api/v1/state/latest", get(state_latest))
         .route("/api/v1/state/anomalies", get(state_anomalies))
@@ -81,8 +94,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))
+        .with_state(state.clone())
+        .merge(crate::ui::router(state))
         .layer(axum::middleware::map_response(close_after_oversized_body))
-        .with_state(state)
 }
 
 /// A body over the limit is answered before it has been read, so the connection
@@ -108,6 +122,7 @@ pub enum ApiError {
     Forbidden(String),
     NotFound(String),
     Conflict(String),
+    TooManyRequests(String),
     UnsupportedMediaType(&'static str),
     Unavailable(StoreError),
     Internal(String),
@@ -138,6 +153,7 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
+            ApiError::TooManyRequests(m) => (StatusCode::TOO_MANY_REQUESTS, m),
             ApiError::UnsupportedMediaType(ct) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 format!("content-type must be {ct}"),
@@ -186,7 +202,7 @@ fn cbor_body<T: serde::de::DeserializeOwned>(
     codec::from_cbor(body, limit).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(
+pub fn json_body<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<T, ApiError> {
@@ -217,8 +233,10 @@ fn unknown_agent(id: &str) -> ApiError {
     ApiError::NotFound(format!("agent `{id}` is unknown"))
 }
 
-/// Extractor that admits only requests carrying the admin token, so admin handlers
-/// cannot forget the check: taking `_admin: Admin` is the check.
+/// Extractor that admits only operators, so admin handlers cannot forget the check:
+/// taking `_admin: Admin` is the check. An operator presents the admin token
+/// (scripts, not CSRF-prone: browsers never attach it on their own) or a web UI
+/// session cookie, with the session's CSRF token on every state change.
 pub struct Admin;
 
 impl axum::extract::FromRequestParts<Arc<AppState>> for Admin {
@@ -228,7 +246,21 @@ impl axum::extract::FromRequestParts<Arc<AppState>> for Admin {
         parts: &mut axum::http::request::Parts,
         st: &Arc<AppState>,
     ) -> Result<Self, ApiError> {
-        require_admin(st, &parts.headers).map(|()| Admin)
+        if parts.headers.contains_key(header::AUTHORIZATION) {
+            return require_admin(st, &parts.headers).map(|()| Admin);
+        }
+        match st.ui.sessions.authorize(&parts.headers, &parts.method) {
+            Ok(_) => Ok(Admin),
+            Err(crate::ui::session::Refusal::Unauthenticated) => Err(ApiError::Unauthorized(
+                "log in, or send `Authorization: Bearer <admin token>`".into(),
+            )),
+            Err(crate::ui::session::Refusal::Csrf) => {
+                Metrics::add(&st.metrics.auth_failures, 1);
+                Err(ApiError::Forbidden(
+                    "missing or wrong x-csrf-token header for this session".into(),
+                ))
+            }
+        }
     }
 }
 
@@ -384,9 +416,10 @@ async fn ingest_inner(
     }
     let entries: Vec<_> = batch.records.iter().map(store::entry).collect();
     let started = Instant::now();
+    let now = fieldline_common::now_ms();
     let outcome = st
         .store
-        .ingest(&batch.agent_id, &entries, fieldline_common::now_ms())
+        .ingest(&batch.agent_id, &entries, now)
         .await
         .map_err(|e| {
             Metrics::add(&st.metrics.store_errors, 1);
@@ -398,6 +431,13 @@ async fn ingest_inner(
     Metrics::add(&m.ingest_added, u64::from(outcome.added));
     Metrics::add(&m.ingest_duplicates, u64::from(outcome.duplicates));
     Metrics::add(&m.ingest_dead_letters, u64::from(outcome.dead_letters));
+    // The store adds exactly the records above the agent's high-water mark, and seqs
+    // increase: the added ones are the batch's tail.
+    let fresh = (outcome.added + outcome.dead_letters) as usize;
+    let tail = batch.records.len().saturating_sub(fresh);
+    st.ui
+        .hub
+        .ingested(&batch.agent_id, &batch.records[tail..], now);
     Ok(cbor(&IngestAck {
         v: PROTOCOL_VERSION,
         acked_seq: outcome.hwm,
@@ -887,6 +927,113 @@ async fn configs_drift(
         out.push(configs::drift(&a.id, resolved.as_ref(), report.as_ref()));
     }
     Ok(Json(serde_json::json!({ "agents": out })))
+}
+
+#[derive(Deserialize)]
+struct ValidateConfig {
+    toml: String,
+}
+
+/// Dry run of a config fragment with the agent's own validation; stores nothing.
+async fn config_validate(
+    _admin: Admin,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let req: ValidateConfig = json_body(&headers, &body)?;
+    let problems = configs::problems(&req.toml);
+    Ok(Json(
+        serde_json::json!({ "valid": problems.is_empty(), "problems": problems }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rollback {
+    generation: u64,
+}
+
+async fn config_rollback(
+    st: &AppState,
+    scope: Scope,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let req: Rollback = json_body(headers, body)?;
+    let generation = configs::rollback(
+        &*st.store,
+        &scope,
+        req.generation,
+        fieldline_common::now_ms(),
+    )
+    .await?;
+    tracing::info!(scope = %scope.name(), to = req.generation, generation, "desired config rolled back");
+    Ok(Json(serde_json::json!({
+        "scope": scope.name(),
+        "generation": generation,
+        "rolled_back_to": req.generation,
+    })))
+}
+
+async fn config_rollback_agent(
+    State(st): State<Arc<AppState>>,
+    _admin: Admin,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    known_agent(&st, &id).await?;
+    config_rollback(&st, Scope::Agent(id), &headers, &body).await
+}
+
+async fn config_rollback_group(
+    State(st): State<Arc<AppState>>,
+    _admin: Admin,
+    Path((key, value)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let scope = group_scope(key, value)?;
+    config_rollback(&st, scope, &headers, &body).await
+}
+
+/// Recent window results of an agent's series as ingested by this server (charts).
+async fn agent_windows(
+    State(st): State<Arc<AppState>>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    validate_agent_id(&id)?;
+    let series: Vec<_> = st
+        .ui
+        .hub
+        .windows(&id)
+        .into_iter()
+        .map(|(series, points)| serde_json::json!({ "series": series, "points": points }))
+        .collect();
+    Ok(Json(serde_json::json!({ "agent": id, "series": series })))
+}
+
+#[derive(Deserialize)]
+struct AnomalyQuery {
+    agent: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Recent anomalies as ingested by this server, newest first.
+async fn recent_anomalies(
+    State(st): State<Arc<AppState>>,
+    _admin: Admin,
+    Query(q): Query<AnomalyQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = check_limit(&Limit { limit: q.limit })?;
+    if let Some(a) = &q.agent {
+        validate_agent_id(a)?;
+    }
+    Ok(Json(serde_json::json!({
+        "anomalies": st.ui.hub.anomalies(q.agent.as_deref(), limit),
+        "server_ms": fieldline_common::now_ms(),
+    })))
 }
 
 async fn healthz(State(st): State<Arc<AppState>>) -> Response {

@@ -125,34 +125,42 @@ pub struct RolloutSpec {
 
 /// Checks a fragment the way an agent will: merged over a minimal local file.
 pub fn validate_fragment(toml_text: &str) -> Result<(), ConfigError> {
+    let problems = problems(toml_text);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(problems.join("; ")))
+    }
+}
+
+/// Every problem of a fragment, each with its field path (empty: valid). The same
+/// check as [`put`] and the agent's `check-config`, without storing anything.
+pub fn problems(toml_text: &str) -> Vec<String> {
     if toml_text.len() > MAX_TOML_BYTES {
-        return Err(ConfigError::Invalid(format!(
+        return vec![format!(
             "config is {} bytes, the limit is {MAX_TOML_BYTES}",
             toml_text.len()
-        )));
+        )];
     }
-    let table: toml::Table = toml_text.parse().map_err(|e: toml::de::Error| {
-        ConfigError::Invalid(format!("invalid toml: {}", e.message()))
-    })?;
+    let table: toml::Table = match toml_text.parse() {
+        Ok(t) => t,
+        Err(e) => {
+            let e: toml::de::Error = e;
+            return vec![format!("invalid toml: {}", e.message())];
+        }
+    };
     if table.contains_key("agent") {
-        return Err(ConfigError::Invalid(
+        return vec![
             "a fleet config may not contain [agent]: identity and data_dir stay in the agent's own file"
                 .into(),
-        ));
+        ];
     }
     let text =
         format!("[agent]\nid = \"fleet-validation\"\ndata_dir = \"/nonexistent\"\n{toml_text}");
-    AgentConfig::from_toml("desired config", &text, std::iter::empty())
-        .map(|_| ())
-        .map_err(|e| {
-            ConfigError::Invalid(
-                e.problems
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )
-        })
+    match AgentConfig::from_toml("desired config", &text, std::iter::empty()) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.problems.iter().map(|p| p.to_string()).collect(),
+    }
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, ConfigError> {
@@ -240,6 +248,26 @@ pub async fn put(
     .await?;
     store.counter_next(EPOCH).await?;
     Ok(generation)
+}
+
+/// Makes an earlier version of `scope` the desired one again, as a new generation
+/// (history only grows, and agents see a change). A group rollback goes to every
+/// agent of the group at once: it is the way out of a bad rollout.
+pub async fn rollback(
+    store: &dyn Store,
+    scope: &Scope,
+    generation: u64,
+    now_ms: i64,
+) -> Result<u64, ConfigError> {
+    let doc = get(store, scope).await?;
+    let Some(v) = doc.versions.iter().find(|v| v.generation == generation) else {
+        return Err(ConfigError::NotFound(format!(
+            "{} has no generation {generation} in its history",
+            scope.name()
+        )));
+    };
+    let note = format!("rollback to generation {generation}");
+    put(store, scope, &v.toml, &note, None, now_ms).await
 }
 
 pub async fn get(store: &dyn Store, scope: &Scope) -> Result<ScopeDoc, ConfigError> {

@@ -87,6 +87,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     // Fresh tokens per demo run: nothing guessable ever listens, even on loopback.
     let admin_token = auth::random_secret()?;
     let bootstrap_token = auth::random_secret()?;
+    let ui_password = auth::random_secret()?[..20].to_string();
     let fleet = Fleet::bind(&FleetConfig {
         listen: opts.listen,
         store: StoreConfig::Embedded {
@@ -99,6 +100,8 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         tokens: Tokens::new(&admin_token, std::slice::from_ref(&bootstrap_token))
             .map_err(|e| anyhow::anyhow!(e))?,
         tls: None,
+        session_ttl: Duration::from_secs(12 * 3600),
+        admin_bootstrap: Some(("admin".into(), ui_password.clone())),
     })
     .await?;
     let fleet_addr = fleet.local_addr()?;
@@ -163,6 +166,8 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     }
 
     println!("\nFieldline demo is running (Ctrl-C stops everything).\n");
+    println!("  Web UI:                http://{fleet_addr}/ui/");
+    println!("  Login:                 user `admin`, password `{ui_password}`");
     println!("  Fleet (agents, JSON):  curl -H 'Authorization: Bearer {admin_token}' http://{fleet_addr}/api/v1/agents");
     println!("  Dead letters:          curl -H 'Authorization: Bearer {admin_token}' http://{fleet_addr}/api/v1/dlq");
     println!("  Metrics:               http://{fleet_addr}/metrics");

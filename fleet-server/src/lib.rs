@@ -11,6 +11,8 @@
 //! - [`auth`]: agent credentials, bootstrap and admin tokens (hashed, constant-time).
 //! - [`tls`]: rustls (ring) listener with bounded, timed handshakes; the dev CA.
 //! - [`metrics`]: counters rendered in the Prometheus text format.
+//! - [`ui`]: the operator web UI (embedded assets, login sessions with CSRF tokens,
+//!   live events over SSE), a client of the admin API.
 //! - [`demo`]: the one-command demo (private redis-server, agents, simulators).
 
 pub mod api;
@@ -21,3 +23,4 @@ pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod ui;

@@ -41,6 +41,51 @@ enum Command {
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=20))]
         agents: u8,
     },
+    /// Manage web UI admin accounts (in the store the server uses; for the embedded
+    /// store, while the server is stopped: sled allows one process).
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create an account; the password comes from FIELDLINE_ADMIN_PASSWORD or the
+    /// first line of stdin (never the command line, which other users can see).
+    Add {
+        #[arg(long)]
+        user: String,
+        /// Replace the password of an existing account.
+        #[arg(long)]
+        replace: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List the accounts.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// Where the fleet's data lives (`run` and `admin` take the same flags).
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// Redis URL, e.g. redis://redis.internal:6379/0 or rediss://... for TLS. Without it the
+    /// fleet runs on its embedded store in --data-dir (a single node).
+    #[arg(long, env = "FIELDLINE_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Directory of the embedded store (used when no --redis-url is given).
+    #[arg(
+        long,
+        env = "FIELDLINE_DATA_DIR",
+        default_value = "fieldline-fleet-data"
+    )]
+    data_dir: PathBuf,
+    /// Stream partitions (Redis only); fixed for the lifetime of a Redis dataset.
+    #[arg(long, env = "FIELDLINE_PARTITIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    partitions: u32,
 }
 
 #[derive(clap::Args)]
@@ -58,17 +103,8 @@ struct RunArgs {
     /// Address of the HTTP API.
     #[arg(long, env = "FIELDLINE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Redis URL, e.g. redis://redis.internal:6379/0 or rediss://... for TLS. Without it the
-    /// fleet runs on its embedded store in --data-dir (a single node).
-    #[arg(long, env = "FIELDLINE_REDIS_URL")]
-    redis_url: Option<String>,
-    /// Directory of the embedded store (used when no --redis-url is given).
-    #[arg(
-        long,
-        env = "FIELDLINE_DATA_DIR",
-        default_value = "fieldline-fleet-data"
-    )]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
     /// Token for the admin API (at least 16 characters; prefer the environment
     /// variable, command lines are visible to other users).
     #[arg(long, env = "FIELDLINE_ADMIN_TOKEN", hide_env_values = true)]
@@ -103,9 +139,6 @@ struct RunArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "FIELDLINE_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Stream partitions (Redis only); fixed for the lifetime of a Redis dataset.
-    #[arg(long, env = "FIELDLINE_PARTITIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    partitions: u32,
     /// Approximate max entries kept per stream partition (XADD MAXLEN ~).
     #[arg(long, env = "FIELDLINE_STREAM_MAXLEN", default_value_t = 1_000_000)]
     stream_maxlen: u64,
@@ -118,6 +151,13 @@ struct RunArgs {
     /// An agent silent for longer than this is `stale` (3x: `offline`), e.g. 15s.
     #[arg(long, env = "FIELDLINE_STALE_AFTER", default_value = "15s", value_parser = fieldline_common::duration::parse)]
     stale_after: Duration,
+    /// Lifetime of a web UI login session, e.g. 12h.
+    #[arg(long, env = "FIELDLINE_SESSION_TTL", default_value = "12h", value_parser = fieldline_common::duration::parse)]
+    session_ttl: Duration,
+    /// User name of the first web UI account, created from FIELDLINE_ADMIN_PASSWORD
+    /// when the store has no account yet.
+    #[arg(long, env = "FIELDLINE_ADMIN_USER", default_value = "admin")]
+    admin_user: String,
 }
 
 fn main() -> ExitCode {
@@ -149,10 +189,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Run(a) => {
             let tokens = Tokens::new(&a.admin_token, &a.bootstrap_token)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let store = match a.redis_url {
+            let store = match a.store.redis_url {
                 Some(url) => StoreConfig::Redis {
                     url,
-                    partitions: a.partitions,
+                    partitions: a.store.partitions,
                     workers: (!a.no_workers).then(|| WorkerConfig {
                         lease: a.worker_lease.max(Duration::from_millis(500)),
                         max_attempts: a.worker_max_attempts,
@@ -160,7 +200,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         ..WorkerConfig::default()
                     }),
                 },
-                None => StoreConfig::Embedded { dir: a.data_dir },
+                None => StoreConfig::Embedded {
+                    dir: a.store.data_dir,
+                },
             };
             let cfg = FleetConfig {
                 listen: a.listen,
@@ -171,6 +213,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 max_body_bytes: a.max_body_bytes,
                 max_batch_records: a.max_batch_records,
                 stale_after: a.stale_after,
+                session_ttl: a.session_ttl,
+                // Environment only: a password on the command line is visible to
+                // every user of the machine.
+                admin_bootstrap: std::env::var("FIELDLINE_ADMIN_PASSWORD")
+                    .ok()
+                    .filter(|p| !p.is_empty())
+                    .map(|p| (a.admin_user.clone(), p)),
             };
             Fleet::bind(&cfg).await?.serve(shutdown).await?;
         }
@@ -185,6 +234,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 files.server_key.display()
             );
         }
+        Command::Admin { command } => admin(command).await?,
         Command::Demo { listen, agents } => {
             demo::run(
                 DemoOptions {
@@ -194,6 +244,59 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 shutdown,
             )
             .await?
+        }
+    }
+    Ok(())
+}
+
+async fn admin(command: AdminCommand) -> anyhow::Result<()> {
+    use fieldline_fleet::ui::session;
+    let open = |s: StoreArgs| async move {
+        let cfg = match s.redis_url {
+            Some(url) => StoreConfig::Redis {
+                url,
+                partitions: s.partitions,
+                workers: None,
+            },
+            None => StoreConfig::Embedded { dir: s.data_dir },
+        };
+        fieldline_fleet::server::open_store(&cfg, 1_000_000)
+            .await
+            .map(|(store, _)| store)
+            .context("cannot open the fleet store")
+    };
+    match command {
+        AdminCommand::Add {
+            user,
+            replace,
+            store,
+        } => {
+            let password = match std::env::var("FIELDLINE_ADMIN_PASSWORD") {
+                Ok(p) if !p.is_empty() => p,
+                _ => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .context("cannot read the password from stdin")?;
+                    line.trim_end_matches(['\r', '\n']).to_string()
+                }
+            };
+            let store = open(store).await?;
+            session::add_account(
+                &*store,
+                &user,
+                &password,
+                replace,
+                fieldline_common::now_ms(),
+            )
+            .await?;
+            println!("account `{user}` saved");
+        }
+        AdminCommand::List { store } => {
+            let store = open(store).await?;
+            for user in session::accounts(&*store).await? {
+                println!("{user}");
+            }
         }
     }
     Ok(())

@@ -41,6 +41,11 @@ pub struct FleetConfig {
     pub tokens: Tokens,
     /// PEM certificate chain and private key; `None` serves plain HTTP.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Lifetime of a web UI login session.
+    pub session_ttl: Duration,
+    /// `(user, password)` of the first web UI account, created when the store has
+    /// no account yet (`FIELDLINE_ADMIN_PASSWORD`).
+    pub admin_bootstrap: Option<(String, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +61,8 @@ pub enum ServeError {
     Serve(std::io::Error),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("web ui accounts: {0}")]
+    Accounts(#[from] crate::ui::session::SessionError),
 }
 
 /// Opens the configured store, and the workers that go with it.
@@ -102,6 +109,18 @@ impl Fleet {
                 addr: cfg.listen,
                 source,
             })?;
+        if let Some((user, password)) = &cfg.admin_bootstrap {
+            if crate::ui::session::bootstrap(&*store, user, password, fieldline_common::now_ms())
+                .await?
+            {
+                tracing::info!(user = %user, "created the first web ui account");
+            }
+        }
+        if crate::ui::session::accounts(&*store).await?.is_empty() {
+            tracing::warn!(
+                "no web ui account yet: set FIELDLINE_ADMIN_PASSWORD or run `fieldline-fleet admin add --user NAME`"
+            );
+        }
         let epoch = store.counter_get(crate::configs::EPOCH).await?;
         let state = Arc::new(AppState {
             store,
@@ -113,6 +132,12 @@ impl Fleet {
             max_body_bytes: cfg.max_body_bytes,
             max_batch_records: cfg.max_batch_records,
             stale_after: cfg.stale_after,
+            ui: crate::ui::UiState {
+                // Secure cookies exactly when served over TLS: a browser would not
+                // send a Secure cookie back over plain HTTP.
+                sessions: crate::ui::session::Sessions::new(cfg.session_ttl, tls.is_some())?,
+                hub: Default::default(),
+            },
         });
         Ok(Self {
             listener,

@@ -1,7 +1,7 @@
 //! TLS between agent and fleet: `fieldline-fleet dev-ca` makes a CA and a server
 //! certificate, the fleet serves HTTPS with it, and an agent trusting that CA
 //! (`[uplink] ca_file`) enrolls and reports. Clients that do not trust the CA, and
-//! plain HTTP, get nowhere.
+//! plain HTTP, get nowhere. The web UI's cookie is `Secure` over TLS.
 
 use std::process::Command;
 use std::time::Duration;
@@ -41,7 +41,8 @@ fn an_agent_trusting_the_dev_ca_enrolls_and_reports_over_https() {
             .arg("--tls-cert")
             .arg(tls.join("fleet.pem"))
             .arg("--tls-key")
-            .arg(tls.join("fleet-key.pem")),
+            .arg(tls.join("fleet-key.pem"))
+            .env("FIELDLINE_ADMIN_PASSWORD", "a web ui password"),
         dir.path(),
     );
     wait_for_port(port);
@@ -97,4 +98,18 @@ fn an_agent_trusting_the_dev_ca_enrolls_and_reports_over_https() {
         .get(format!("http://127.0.0.1:{port}/healthz"))
         .send();
     assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true));
+
+    // Over TLS the web UI's session cookie is `Secure`: never sent over plain HTTP.
+    let login = trusted
+        .post(format!("{base}/ui/login"))
+        .header("content-type", "application/json")
+        .body(r#"{"user": "admin", "password": "a web ui password"}"#)
+        .send()
+        .expect("login");
+    assert_eq!(login.status(), 200);
+    let cookie = login.headers()["set-cookie"].to_str().expect("cookie");
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
 }

@@ -17,3 +17,4 @@ mod harness;
 mod ingest_api;
 mod package;
 mod state;
+mod web_ui;
