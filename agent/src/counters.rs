@@ -11,6 +11,12 @@ pub struct Counters {
     pub dead_letters: AtomicU64,
     pub late_dropped: AtomicU64,
     pub windows_emitted: AtomicU64,
+    /// Anomaly records (alerts) raised by the pipelines' detectors.
+    pub anomalies: AtomicU64,
+    /// Messages queued for the local broker (`mqtt:` sinks, alert topics).
+    pub local_published: AtomicU64,
+    /// Messages for the local broker dropped because its queue was full.
+    pub local_dropped: AtomicU64,
     /// Readings appended to the ingest log.
     pub readings_logged: AtomicU64,
     /// Frame bytes appended to the ingest log.
@@ -56,6 +62,9 @@ impl Counters {
             disk_write_bytes: get(&self.disk_write_bytes),
             rss_bytes: get(&self.rss_bytes),
             state_disk_bytes: get(&self.state_disk_bytes),
+            anomalies: get(&self.anomalies),
+            local_published: get(&self.local_published),
+            local_dropped: get(&self.local_dropped),
         }
     }
 }

@@ -6,8 +6,10 @@
 //!    become dead letters in the same batch;
 //! 2. append the batch to the ingest log as one entry (with `durability =
 //!    "batch-fsync"` the store is flushed before going on);
-//! 3. process it and run `advance(now)`; append the outputs to the outbox together
-//!    with the entry's position (one transaction).
+//! 3. process it and run `advance(now)`; route the outputs by their pipeline's sinks
+//!    ([`Pipeline::route`]); append the outbox's share together with the entry's
+//!    position (one transaction), then queue the local publishes (`mqtt:` sinks,
+//!    alerts) on the agent's own broker ([`crate::local`]), which never blocks.
 //!
 //! Recovery ([`Processor::open`]) restores the latest checkpoint and replays every
 //! log entry after its position. Outputs of entries at or below the outbox's
@@ -35,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::Message;
 use crate::counters::Counters;
+use crate::local::LocalPublisher;
 use crate::outbox::Outbox;
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::state::checkpoint::AUTO;
@@ -62,6 +65,8 @@ pub struct IngestSettings {
     pub checkpoint_interval: Duration,
     /// Also put every decoded reading in the outbox as a `reading` record.
     pub forward_raw: bool,
+    /// Where `mqtt:` sinks and alerts go; `None`: not published (e.g. tools, tests).
+    pub publisher: Option<LocalPublisher>,
 }
 
 /// What [`Processor::open`] found and did.
@@ -198,11 +203,24 @@ impl Processor {
         if pos <= self.outbox.applied_pos() || self.out.is_empty() {
             return Ok(0);
         }
+        let mut local = Vec::new();
+        self.pipeline.route(&mut self.out, &mut local);
         let n = self.out.len();
         // created_ms from the log, so a replay re-creates identical records.
         self.outbox
             .append_from(Some(pos), std::mem::take(&mut self.out), entry.post_tick)?;
+        self.publish(local);
         Ok(n)
+    }
+
+    /// After the outbox commit, so a crash replay that re-creates the records also
+    /// publishes them (local publishes of outbox-less entries may repeat after a crash).
+    fn publish(&self, local: Vec<crate::pipeline::LocalMessage>) {
+        if let Some(p) = &self.settings.publisher {
+            for m in local {
+                p.publish(m);
+            }
+        }
     }
 
     /// Logs and processes one batch of messages.
@@ -262,8 +280,11 @@ impl Processor {
         let (pos, bytes) = self.log.append(&entry)?;
         self.counters
             .add(&self.counters.ingest_log_bytes, bytes as u64);
+        let mut local = Vec::new();
+        self.pipeline.route(&mut out, &mut local);
         let n = out.len();
         self.outbox.append_from(Some(pos), out, now_ms)?;
+        self.publish(local);
         Ok(n)
     }
 
@@ -466,6 +487,7 @@ mod tests {
                 durability: Durability::Interval,
                 checkpoint_interval: Duration::from_secs(3600),
                 forward_raw,
+                publisher: None,
             },
         )
         .unwrap()

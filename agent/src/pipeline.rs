@@ -1,5 +1,6 @@
 //! Turns broker messages into records: decode → every configured pipeline
-//! ([`crate::engine::Job`]) → records for the outbox.
+//! ([`crate::engine::Job`] and its detectors, [`crate::detect::attach`]) → records,
+//! routed by the pipeline's sinks to the outbox and/or the local broker ([`Pipeline::route`]).
 //!
 //! Decoding is shared by all pipelines and pure ([`Pipeline::decode`]), so readings
 //! can be logged before they are processed. Undecodable payloads, and readings
@@ -14,15 +15,18 @@ use fieldline_common::config::pipeline::{default_pipeline, PipelineConfig, Sink}
 use fieldline_common::config::{AgentConfig, WindowConfig};
 use fieldline_common::payload::{self, Reading};
 use fieldline_common::topic::TopicTemplate;
-use fieldline_common::wire::{DeadLetter, RecordBody};
+use fieldline_common::wire::{Anomaly, DeadLetter, RecordBody};
 use serde::{Deserialize, Serialize};
 
 use crate::broker::Message;
 use crate::counters::Counters;
+use crate::detect::attach::Attached;
 use crate::engine::{Job, JobState, JobStats};
 
 /// Version of the [`Pipeline::snapshot`] encoding; restore refuses others.
-const SNAPSHOT_VERSION: u16 = 2;
+/// v3 added detector state; v2 snapshots (no detectors) are still restored.
+const SNAPSHOT_VERSION: u16 = 3;
+const SNAPSHOT_V2: u16 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -36,6 +40,7 @@ pub enum PipelineError {
 struct SnapshotRef<'a> {
     v: u16,
     jobs: Vec<(&'a str, String, &'a JobState)>,
+    detectors: Vec<(&'a str, String, serde_bytes::ByteBuf)>,
 }
 
 #[derive(Deserialize)]
@@ -43,17 +48,34 @@ struct SnapshotOwned {
     v: u16,
     /// (pipeline name, fingerprint, state)
     jobs: Vec<(String, String, JobState)>,
+    /// (pipeline name, detector fingerprint, state); absent in v2.
+    #[serde(default)]
+    detectors: Vec<(String, String, serde_bytes::ByteBuf)>,
+}
+
+/// A record for the agent's own MQTT broker (an `mqtt:` sink or an alert topic).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalMessage {
+    pub topic: String,
+    pub payload: Vec<u8>,
 }
 
 pub struct Pipeline {
     template: TopicTemplate,
     jobs: Vec<Job>,
+    /// Per job: its detectors.
+    detectors: Vec<Attached>,
+    /// Per job: its config (detectors are rebuilt from it on restore).
+    configs: Vec<PipelineConfig>,
     /// Per job: local MQTT topics its records go to besides (or instead of) the outbox.
     sinks: Vec<Vec<Sink>>,
+    /// Per job: the alert topic template of its anomaly records.
+    alert_topics: Vec<Option<String>>,
     max_future_ms: i64,
     counters: Arc<Counters>,
     /// Totals already added to `counters`.
     reported: JobStats,
+    reported_anomalies: u64,
 }
 
 fn ms(d: Duration) -> i64 {
@@ -85,15 +107,24 @@ impl Pipeline {
         Self {
             template,
             jobs: pipelines.iter().map(Job::from_config).collect(),
+            detectors: pipelines.iter().map(Attached::new).collect(),
+            configs: pipelines.to_vec(),
             sinks: pipelines.iter().map(|p| p.sinks.clone()).collect(),
+            alert_topics: pipelines.iter().map(|p| p.alert_topic.clone()).collect(),
             max_future_ms: ms(window.max_future),
             counters,
             reported: JobStats::default(),
+            reported_anomalies: 0,
         }
     }
 
     pub fn jobs(&self) -> &[Job] {
         &self.jobs
+    }
+
+    /// Per job, its detectors.
+    pub fn detectors(&self) -> &[Attached] {
+        &self.detectors
     }
 
     /// The sinks of the pipeline named `name` (the outbox for the default pipeline).
@@ -120,9 +151,59 @@ impl Pipeline {
         t
     }
 
-    /// Bytes of window state over all jobs.
+    /// Bytes of window and detector state over all jobs.
     pub fn state_bytes(&self) -> usize {
-        self.jobs.iter().map(Job::state_bytes).sum()
+        self.jobs.iter().map(Job::state_bytes).sum::<usize>()
+            + self
+                .detectors
+                .iter()
+                .map(Attached::state_bytes)
+                .sum::<usize>()
+    }
+
+    /// Splits `records` by the sinks of the pipeline that produced each: what belongs in
+    /// the outbox stays in `records` (in order), local publishes are pushed onto `local`.
+    /// Dead letters and raw readings always go to the outbox. Anomalies go to the outbox
+    /// when the pipeline has the outbox sink, and to its alert topic when it has one.
+    pub fn route(&self, records: &mut Vec<RecordBody>, local: &mut Vec<LocalMessage>) {
+        if self.sinks.iter().all(|s| s == &[Sink::Outbox])
+            && self.alert_topics.iter().all(Option::is_none)
+        {
+            return;
+        }
+        records.retain(|body| {
+            let name = match body {
+                RecordBody::Window(w) => &w.pipeline,
+                RecordBody::Late(l) => &l.pipeline,
+                RecordBody::Anomaly(a) => &a.pipeline,
+                RecordBody::DeadLetter(_) | RecordBody::Reading(_) => return true,
+            };
+            let Some(i) = self.jobs.iter().position(|j| j.name() == name) else {
+                return true;
+            };
+            match body {
+                RecordBody::Window(w) => {
+                    for s in &self.sinks[i] {
+                        if let Sink::Mqtt(topic) = s {
+                            local.push(LocalMessage {
+                                topic: topic.clone(),
+                                payload: serde_json::to_vec(w).unwrap_or_default(),
+                            });
+                        }
+                    }
+                }
+                RecordBody::Anomaly(a) => {
+                    if let Some(t) = &self.alert_topics[i] {
+                        local.push(LocalMessage {
+                            topic: alert_topic(t, a),
+                            payload: alert_json(a),
+                        });
+                    }
+                }
+                _ => {}
+            }
+            self.sinks[i].contains(&Sink::Outbox)
+        });
     }
 
     fn report(&mut self) {
@@ -137,11 +218,18 @@ impl Pipeline {
             now.windows_emitted - self.reported.windows_emitted,
         );
         self.reported = now;
+        let anomalies: u64 = self.detectors.iter().map(|d| d.stats().anomalies).sum();
+        c.add(
+            &c.anomalies,
+            anomalies.saturating_sub(self.reported_anomalies),
+        );
+        self.reported_anomalies = anomalies;
     }
 
     /// Encodes all engine state (open and kept windows, sketches, watermarks, device
-    /// clocks, late-data revisions, series slots) as CBOR. Restoring it and feeding
-    /// the same inputs gives the same outputs as an uninterrupted run.
+    /// clocks, late-data revisions, series slots, detector state) as CBOR. Restoring it
+    /// and feeding the same inputs gives the same outputs as an uninterrupted run (except
+    /// for detectors that cannot save their state, see [`crate::detect::attach`]).
     pub fn snapshot(&self) -> Vec<u8> {
         let snap = SnapshotRef {
             v: SNAPSHOT_VERSION,
@@ -149,6 +237,19 @@ impl Pipeline {
                 .jobs
                 .iter()
                 .map(|j| (j.name(), j.fingerprint(), j.snapshot_state()))
+                .collect(),
+            detectors: self
+                .jobs
+                .iter()
+                .zip(&self.detectors)
+                .filter(|(_, d)| !d.is_empty())
+                .map(|(j, d)| {
+                    (
+                        j.name(),
+                        d.fingerprint(),
+                        serde_bytes::ByteBuf::from(d.snapshot()),
+                    )
+                })
                 .collect(),
         };
         // Plain data (numbers, strings, vectors): encoding cannot fail.
@@ -161,12 +262,41 @@ impl Pipeline {
     pub fn restore(&mut self, bytes: &[u8]) -> Result<(), PipelineError> {
         let snap: SnapshotOwned = fieldline_common::codec::from_cbor(bytes, usize::MAX)
             .map_err(|e| PipelineError::Snapshot(e.to_string()))?;
-        if snap.v != SNAPSHOT_VERSION {
+        if snap.v != SNAPSHOT_VERSION && snap.v != SNAPSHOT_V2 {
             return Err(PipelineError::SnapshotVersion {
                 found: snap.v,
                 expected: SNAPSHOT_VERSION,
             });
         }
+        // Detector state first: it is the part that can be refused as a whole, and on
+        // error nothing may have changed.
+        let mut detector_states = Vec::new();
+        for (name, fingerprint, state) in snap.detectors {
+            match self.jobs.iter().position(|j| j.name() == name) {
+                Some(i) if self.detectors[i].fingerprint() == fingerprint => {
+                    detector_states.push((i, state))
+                }
+                Some(_) => tracing::warn!(
+                    pipeline = %name,
+                    "detectors changed since the checkpoint; they start learning again"
+                ),
+                None => {}
+            }
+        }
+        let mut restored = self.detectors_fresh();
+        for (i, state) in detector_states {
+            let fresh = restored[i].restore(&state).map_err(|e| {
+                PipelineError::Snapshot(format!("pipeline {}: {e}", self.jobs[i].name()))
+            })?;
+            if fresh > 0 {
+                tracing::warn!(
+                    pipeline = %self.jobs[i].name(),
+                    detectors = fresh,
+                    "some detectors cannot restore their state and start learning again"
+                );
+            }
+        }
+        self.detectors = restored;
         for (name, fingerprint, state) in snap.jobs {
             match self.jobs.iter_mut().find(|j| j.name() == name) {
                 Some(job) if job.fingerprint() == fingerprint => job.restore_state(state),
@@ -178,6 +308,10 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+
+    fn detectors_fresh(&self) -> Vec<Attached> {
+        self.configs.iter().map(Attached::new).collect()
     }
 
     /// Decodes one message into readings, or the dead letter that keeps it. Pure:
@@ -215,8 +349,9 @@ impl Pipeline {
     /// Feeds one decoded reading to every pipeline; `arrival_ms` is the agent clock
     /// when it arrived.
     pub fn process(&mut self, reading: &Reading, arrival_ms: i64, out: &mut Vec<RecordBody>) {
-        for job in &mut self.jobs {
+        for (job, det) in self.jobs.iter_mut().zip(&mut self.detectors) {
             job.process(reading, arrival_ms, out);
+            det.process(reading, out);
         }
         self.report();
     }
@@ -240,8 +375,9 @@ impl Pipeline {
 
     /// Emits watermarks and closes due windows, pushing their results onto `out`.
     pub fn advance(&mut self, wall_ms: i64, out: &mut Vec<RecordBody>) {
-        for job in &mut self.jobs {
+        for (job, det) in self.jobs.iter_mut().zip(&mut self.detectors) {
             job.advance(wall_ms, out);
+            det.advance(wall_ms, out);
         }
         self.report();
     }
@@ -253,6 +389,31 @@ impl Pipeline {
         }
         self.report();
     }
+}
+
+/// Fills `{device}`, `{metric}`, `{pipeline}` and `{detector}` of an alert topic.
+fn alert_topic(template: &str, a: &Anomaly) -> String {
+    template
+        .replace("{device}", &a.series.device)
+        .replace("{metric}", &a.series.metric)
+        .replace("{pipeline}", &a.pipeline)
+        .replace("{detector}", &a.detector)
+}
+
+/// The alert message on the local broker (docs/CONFIG.md, "Detectors").
+fn alert_json(a: &Anomaly) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "pipeline": a.pipeline,
+        "series": a.series.to_string(),
+        "device": a.series.device,
+        "metric": a.series.metric,
+        "ts": a.ts_ms,
+        "value": a.value,
+        "score": a.score,
+        "detector": a.detector,
+        "reason": a.reason,
+    }))
+    .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -270,6 +431,33 @@ name = "tumbling"
 window = { kind = "tumbling", size = "1s" }
 watermark = { max_out_of_orderness = "300ms", idle_timeout = "2s" }
 late = { policy = "allowed_lateness", allowed_lateness = "1s" }
+detectors = ["mad"]
+[[pipeline.detector]]
+kind = "zscore"
+window = 5
+threshold = 1.0
+cooldown_points = 2
+cooldown = "0s"
+[[pipeline.detector]]
+kind = "ewma"
+alpha = 0.3
+warmup = 3
+[[pipeline.detector]]
+kind = "threshold"
+max = 1000
+suppress = "off"
+[[pipeline.detector]]
+kind = "rate_of_change"
+max_per_sec = 10000
+metrics = ["m1"]
+[[pipeline.detector]]
+kind = "flat_line"
+min_points = 2
+[[pipeline.detector]]
+kind = "missing_data"
+expected_interval = "300ms"
+devices = ["d1", "d2"]
+cooldown = "500ms"
 [[pipeline]]
 name = "sliding"
 key_by = "metric"
@@ -386,6 +574,7 @@ max_series = 3
         let other = fieldline_common::codec::to_cbor(&SnapshotRef {
             v: 99,
             jobs: vec![],
+            detectors: vec![],
         })
         .expect("encode");
         assert!(matches!(

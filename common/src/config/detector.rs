@@ -143,8 +143,10 @@ fn params_of(kind: &str) -> &'static [&'static str] {
     }
 }
 
-const DEFAULT_COOLDOWN_POINTS: u64 = 10;
-const DEFAULT_COOLDOWN_MS: i64 = 60_000;
+/// A reading flapping around a limit must stay one episode: 30 quiet points and 5
+/// minutes of event time before the next alert.
+const DEFAULT_COOLDOWN_POINTS: u64 = 30;
+const DEFAULT_COOLDOWN_MS: i64 = 300_000;
 
 /// Reads one table (or bare name) at `path`; every problem is pushed with its path.
 struct Table<'a> {
@@ -607,8 +609,8 @@ suppress = "off"
         assert_eq!(
             p.detectors[0].suppress,
             Suppression::Episode {
-                cooldown_points: 10,
-                cooldown_ms: 60_000
+                cooldown_points: 30,
+                cooldown_ms: 300_000
             }
         );
         assert_eq!(
@@ -631,7 +633,7 @@ suppress = "off"
         assert_eq!(
             z.suppress,
             Suppression::Episode {
-                cooldown_points: 10,
+                cooldown_points: 30,
                 cooldown_ms: 300_000
             }
         );
