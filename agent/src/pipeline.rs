@@ -166,9 +166,9 @@ impl Pipeline {
     /// Dead letters and raw readings always go to the outbox. Anomalies go to the outbox
     /// when the pipeline has the outbox sink, and to its alert topic when it has one.
     pub fn route(&self, records: &mut Vec<RecordBody>, local: &mut Vec<LocalMessage>) {
-        if self.sinks.iter().all(|s| s == &[Sink::Outbox])
-            && self.alert_topics.iter().all(Option::is_none)
-        {
+        let alerts = |i: usize| self.alert_topics[i].is_some() && !self.detectors[i].is_empty();
+        if self.sinks.iter().all(|s| s == &[Sink::Outbox]) && !(0..self.jobs.len()).any(alerts) {
+            // The common case: everything to the outbox, in order.
             return;
         }
         records.retain(|body| {
@@ -600,5 +600,116 @@ max_series = 3
         q.restore(&snap).expect("restore");
         assert_eq!(q.jobs()[0].keys(), 0, "tumbling changed: empty");
         assert_eq!(q.jobs()[2].keys(), 1, "session unchanged: restored");
+    }
+
+    #[test]
+    fn records_are_routed_by_their_pipeline_sinks() {
+        let cfg = AgentConfig::from_toml(
+            "t.toml",
+            r#"
+[agent]
+id = "t"
+[[pipeline]]
+name = "local"
+window = { kind = "count", count = 2 }
+aggregates = ["count"]
+sinks = ["mqtt:site/windows"]
+alert_topic = "site/{pipeline}/{detector}/{device}/{metric}"
+detectors = [{ kind = "threshold", max = 10 }]
+[[pipeline]]
+name = "both"
+window = { kind = "count", count = 2 }
+aggregates = ["count"]
+sinks = ["outbox", "mqtt:site/both"]
+detectors = [{ kind = "threshold", max = 10 }]
+[[pipeline]]
+name = "quiet"
+window = { kind = "count", count = 2 }
+aggregates = ["count"]
+alert_topic = ""
+detectors = [{ kind = "threshold", max = 10 }]
+"#,
+            Vec::new(),
+        )
+        .expect("config");
+        let mut p = Pipeline::from_config(&cfg, Arc::new(Counters::default()));
+        let mut out = Vec::new();
+        for (i, v) in [1.0, 50.0].into_iter().enumerate() {
+            let msg = Message {
+                topic: "sensors/d1/temp".into(),
+                payload: format!(
+                    r#"{{"value": {v}, "ts": {}}}"#,
+                    1_700_000_000_000i64 + i as i64
+                )
+                .into_bytes(),
+                arrival_ms: 1_700_000_000_000,
+            };
+            p.handle(&msg, &mut out);
+        }
+        let kinds = |out: &[RecordBody]| {
+            out.iter()
+                .map(|r| match r {
+                    RecordBody::Window(w) => format!("window {}", w.pipeline),
+                    RecordBody::Anomaly(a) => format!("anomaly {}", a.pipeline),
+                    other => other.kind().to_string(),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            kinds(&out),
+            [
+                "window local",
+                "anomaly local",
+                "window both",
+                "anomaly both",
+                "window quiet",
+                "anomaly quiet"
+            ]
+        );
+        let mut local = Vec::new();
+        p.route(&mut out, &mut local);
+        assert_eq!(
+            kinds(&out),
+            [
+                "window both",
+                "anomaly both",
+                "window quiet",
+                "anomaly quiet"
+            ]
+        );
+        let topics: Vec<&str> = local.iter().map(|m| m.topic.as_str()).collect();
+        assert_eq!(
+            topics,
+            [
+                "site/windows",
+                "site/local/threshold/d1/temp",
+                "site/both",
+                "alerts/d1/temp"
+            ]
+        );
+        let alert: serde_json::Value = serde_json::from_slice(&local[1].payload).expect("json");
+        assert_eq!(
+            alert,
+            serde_json::json!({
+                "pipeline": "local",
+                "series": "d1/temp",
+                "device": "d1",
+                "metric": "temp",
+                "ts": 1_700_000_000_001i64,
+                "value": 50.0,
+                "score": 1.0,
+                "detector": "threshold",
+                "reason": "value 50 above max 10",
+            })
+        );
+        let window: fieldline_common::wire::WindowResult =
+            serde_json::from_slice(&local[0].payload).expect("window json");
+        assert_eq!((window.count, window.pipeline.as_str()), (2, "local"));
+        assert_eq!(
+            p.counters
+                .anomalies
+                .load(std::sync::atomic::Ordering::Relaxed),
+            3
+        );
     }
 }
