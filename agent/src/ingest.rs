@@ -437,6 +437,9 @@ mod tests {
     use super::*;
     use crate::outbox::Bounds;
     use crate::state::StoreOptions;
+    use fieldline_common::config::pipeline::{
+        default_pipeline, DetectorConfig, DetectorKind, Suppression,
+    };
     use fieldline_common::config::WindowConfig;
     use fieldline_common::topic::TopicTemplate;
     use proptest::prelude::*;
@@ -450,9 +453,50 @@ mod tests {
             idle_timeout: Duration::from_millis(700),
             max_future: Duration::from_secs(60),
         };
-        Pipeline::new(
+        // Detectors that alert often on this input, including gap alerts raised by
+        // ticks, so crash replay has to reproduce anomaly records too.
+        let det = |kind: DetectorKind, cooldown_points: u64| DetectorConfig {
+            name: kind.name().to_string(),
+            kind,
+            devices: vec![],
+            metrics: vec![],
+            warmup: 0,
+            alert_score: 0.5,
+            suppress: Suppression::Episode {
+                cooldown_points,
+                cooldown_ms: 0,
+            },
+        };
+        let mut cfg = default_pipeline(&window);
+        cfg.detectors = vec![
+            det(
+                DetectorKind::ZScore {
+                    window: 4,
+                    threshold: 1.5,
+                },
+                1,
+            ),
+            det(DetectorKind::RateOfChange { max_per_sec: 50.0 }, 0),
+            det(
+                DetectorKind::FlatLine {
+                    min_points: 2,
+                    min_duration_ms: 0,
+                    tolerance: 0.5,
+                },
+                1,
+            ),
+            det(
+                DetectorKind::MissingData {
+                    expected_interval_ms: 100,
+                    factor: 3.0,
+                },
+                0,
+            ),
+        ];
+        Pipeline::with_pipelines(
             TopicTemplate::parse("sensors/{device}/{metric}").expect("template"),
             &window,
+            &[cfg],
             counters.clone(),
         )
     }
@@ -544,7 +588,8 @@ mod tests {
             let root = tempfile::tempdir().unwrap();
             let mut dir = root.path().join("g0");
             let (mut p, _) = open(&dir, forward_raw);
-            let mut now = 1_000_000i64;
+            // Milliseconds since the epoch: payload `ts` below 10^11 would be read as seconds.
+            let mut now = 1_700_000_000_000i64;
             // Every entry that is in the log, by position (what the reference replays).
             let mut logged: BTreeMap<u64, LogEntry> = BTreeMap::new();
             let mut gen = 0;

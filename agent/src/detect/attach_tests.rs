@@ -374,3 +374,4 @@ fn config_validation_and_spec_validation_agree() {
         assert_eq!(spec.validate(), Ok(()), "{e} -> {spec:?}");
     }
 }
+
