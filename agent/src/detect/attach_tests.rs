@@ -306,16 +306,13 @@ fn snapshot_restore_keeps_detector_state() {
         assert_eq!(second.restore(&snap), Ok(0));
         assert_eq!(second.snapshot(), snap, "restore is exact");
         assert_eq!(second.fingerprint(), first.fingerprint());
-        let rest: Vec<f64> = xs[cut..].to_vec();
-        let mut i = cut;
-        for x in rest {
+        for (i, &x) in xs.iter().enumerate().skip(cut) {
             let mut out = Vec::new();
             second.process(&reading(i, x), &mut out);
             got.extend(out.into_iter().map(|r| match r {
                 RecordBody::Anomaly(a) => (i, a.detector),
                 _ => panic!(),
             }));
-            i += 1;
         }
         assert_eq!(got, want, "cut at {cut}");
     }
@@ -374,4 +371,3 @@ fn config_validation_and_spec_validation_agree() {
         assert_eq!(spec.validate(), Ok(()), "{e} -> {spec:?}");
     }
 }
-
