@@ -215,8 +215,8 @@ fn a_spike_is_one_local_alert_and_one_anomaly_record_in_the_fleet() {
     let score = top()["top_anomalies"][0]["score"].as_f64().expect("score");
     assert_eq!(score, r["score"].parse::<f64>().expect("score"));
 
-    // Window results on the sink topic: the window record as JSON; together they
-    // count every reading once.
+    // Window results on the sink topic: the window record as JSON (as `replay` prints
+    // it); together they count every reading once.
     let total = || {
         messages(&windows, "fieldline/windows/temp")
             .iter()
@@ -232,6 +232,7 @@ fn a_spike_is_one_local_alert_and_one_anomaly_record_in_the_fleet() {
     assert_eq!(total(), 61);
     for (topic, w) in messages(&windows, "fieldline/windows/temp") {
         assert_eq!(topic, "fieldline/windows/temp");
+        assert_eq!(w["kind"], "window");
         assert_eq!(w["series"]["device"], "pump1");
         assert_eq!(w["pipeline"], "temp");
         assert!(w["aggregates"]["p99"].is_number(), "{w}");
