@@ -13,6 +13,9 @@ pub struct Counters {
     pub windows_emitted: AtomicU64,
     /// Anomaly records (alerts) raised by the pipelines' detectors.
     pub anomalies: AtomicU64,
+    /// Readings not scored because their pipeline's detectors already track
+    /// `max_series` series.
+    pub detector_series_rejected: AtomicU64,
     /// Messages queued for the local broker (`mqtt:` sinks, alert topics).
     pub local_published: AtomicU64,
     /// Messages for the local broker dropped because its queue was full.
@@ -63,6 +66,7 @@ impl Counters {
             rss_bytes: get(&self.rss_bytes),
             state_disk_bytes: get(&self.state_disk_bytes),
             anomalies: get(&self.anomalies),
+            detector_series_rejected: get(&self.detector_series_rejected),
             local_published: get(&self.local_published),
             local_dropped: get(&self.local_dropped),
         }

@@ -75,7 +75,8 @@ pub struct Pipeline {
     counters: Arc<Counters>,
     /// Totals already added to `counters`.
     reported: JobStats,
-    reported_anomalies: u64,
+    /// (anomalies, detector series rejected) already added to `counters`.
+    reported_detectors: (u64, u64),
 }
 
 fn ms(d: Duration) -> i64 {
@@ -114,7 +115,7 @@ impl Pipeline {
             max_future_ms: ms(window.max_future),
             counters,
             reported: JobStats::default(),
-            reported_anomalies: 0,
+            reported_detectors: (0, 0),
         }
     }
 
@@ -220,12 +221,19 @@ impl Pipeline {
             now.windows_emitted - self.reported.windows_emitted,
         );
         self.reported = now;
-        let anomalies: u64 = self.detectors.iter().map(|d| d.stats().anomalies).sum();
-        c.add(
-            &c.anomalies,
-            anomalies.saturating_sub(self.reported_anomalies),
-        );
-        self.reported_anomalies = anomalies;
+        let now = self.detector_totals();
+        let (seen_a, seen_r) = self.reported_detectors;
+        c.add(&c.anomalies, now.0.saturating_sub(seen_a));
+        c.add(&c.detector_series_rejected, now.1.saturating_sub(seen_r));
+        self.reported_detectors = now;
+    }
+
+    /// (anomalies, series rejected) over every pipeline's detectors.
+    fn detector_totals(&self) -> (u64, u64) {
+        self.detectors.iter().fold((0, 0), |(a, r), d| {
+            let s = d.stats();
+            (a + s.anomalies, r + s.series_rejected)
+        })
     }
 
     /// Encodes all engine state (open and kept windows, sketches, watermarks, device
@@ -299,6 +307,8 @@ impl Pipeline {
             }
         }
         self.detectors = restored;
+        // Counters are per process: what the restored state already counted is not new.
+        self.reported_detectors = self.detector_totals();
         for (name, fingerprint, state) in snap.jobs {
             match self.jobs.iter_mut().find(|j| j.name() == name) {
                 Some(job) if job.fingerprint() == fingerprint => job.restore_state(state),

@@ -182,6 +182,9 @@ pub struct AgentCounters {
     /// Anomaly records raised by the pipelines' detectors.
     #[serde(default)]
     pub anomalies: u64,
+    /// Readings not scored because their pipeline's detectors track `max_series` series.
+    #[serde(default)]
+    pub detector_series_rejected: u64,
     /// Messages queued for / dropped before the agent's own broker (`mqtt:` sinks and
     /// alert topics; dropped when the bounded queue is full).
     #[serde(default)]
