@@ -26,6 +26,11 @@ fn spawn_configured_agent(dir: &std::path::Path, id: &str, fleet_url: &str) -> A
     if fleet_url_up(fleet_url) {
         enroll_agent(&config);
     }
+    run_agent(dir, id, config, mqtt_port)
+}
+
+/// Starts (or restarts, with its data dir as it is) the agent of `config`.
+fn run_agent(dir: &std::path::Path, id: &str, config: std::path::PathBuf, mqtt_port: u16) -> Agent {
     let proc = Proc::spawn(
         id,
         Command::new(bin("fieldline-agent"))
@@ -84,23 +89,20 @@ fn messages(sub: &Proc, prefix: &str) -> Vec<(String, serde_json::Value)> {
         .collect()
 }
 
-/// 40 quiet readings (20.0 .. 20.4), one spike of 100, 20 quiet readings; 100 ms apart
-/// in event time.
-fn publish_spike(port: u16, device: &str) -> i64 {
+/// Publishes `values` on `sensors/{device}/temp` with one `mosquitto_pub -q 1`, 100 ms
+/// apart in event time, the last one now; returns their timestamps. (Not ahead of the
+/// agent clock: an idle device's event time advances with the agent clock from its last
+/// reading, so readings stamped ahead would make the next ones after a restart late.)
+fn publish(port: u16, device: &str, values: &[f64]) -> Vec<i64> {
     require_tool("mosquitto_pub");
-    let base = fieldline_common::now_ms();
-    let mut lines = String::new();
-    for i in 0..61i64 {
-        let value = if i == 40 {
-            100.0
-        } else {
-            20.0 + (i % 5) as f64 * 0.1
-        };
-        lines.push_str(&format!(
-            "{{\"value\": {value}, \"ts\": {}}}\n",
-            base + i * 100
-        ));
-    }
+    let n = values.len() as i64;
+    let now = fieldline_common::now_ms();
+    let ts: Vec<i64> = (0..n).map(|i| now - (n - 1 - i) * 100).collect();
+    let lines: String = values
+        .iter()
+        .zip(&ts)
+        .map(|(v, t)| format!("{{\"value\": {v}, \"ts\": {t}}}\n"))
+        .collect();
     let mut child = Command::new("mosquitto_pub")
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-l"])
         .args(["-t", &format!("sensors/{device}/temp")])
@@ -115,7 +117,27 @@ fn publish_spike(port: u16, device: &str) -> i64 {
         .write_all(lines.as_bytes())
         .expect("write readings");
     assert!(child.wait().expect("mosquitto_pub").success());
-    base + 40 * 100
+    ts
+}
+
+/// `n` quiet readings: 20.0 .. 20.4.
+fn quiet(n: usize) -> Vec<f64> {
+    (0..n).map(|i| 20.0 + (i % 5) as f64 * 0.1).collect()
+}
+
+/// 40 quiet readings, one spike of 100, 20 quiet readings; returns the spike's time.
+fn publish_spike(port: u16, device: &str) -> i64 {
+    let mut values = quiet(40);
+    values.push(100.0);
+    values.extend(quiet(20));
+    publish(port, device, &values)[40]
+}
+
+fn anomalies(conn: &mut redis::Connection) -> Vec<std::collections::HashMap<String, String>> {
+    stream_entries(conn, "records")
+        .into_iter()
+        .filter(|e| e.get("kind").map(String::as_str) == Some("anomaly"))
+        .collect()
 }
 
 #[track_caller]
@@ -156,12 +178,6 @@ fn a_spike_is_one_local_alert_and_one_anomaly_record_in_the_fleet() {
         !messages(&alerts, "alerts/").is_empty()
     });
     let mut conn = redis.conn();
-    let anomalies = |conn: &mut redis::Connection| {
-        stream_entries(conn, "records")
-            .into_iter()
-            .filter(|e| e.get("kind").map(String::as_str) == Some("anomaly"))
-            .collect::<Vec<_>>()
-    };
     wait_until(
         "the anomaly record in Redis",
         Duration::from_secs(20),
@@ -254,4 +270,59 @@ fn an_offline_fleet_does_not_stop_local_alerts() {
     let got = messages(&alerts, "alerts/");
     assert_eq!(got.len(), 1, "exactly one alert: {got:?}");
     check_alert(&got[0].0, &got[0].1, "pump2", spike_ts);
+}
+
+/// The z-score window (20 points) is restored from the shutdown checkpoint: a spike 4
+/// readings after a restart is flagged, which a fresh detector could not do. After a
+/// SIGKILL the ingest-log replay re-creates nothing the fleet already has.
+#[test]
+fn detector_state_survives_a_restart_and_a_crash_duplicates_no_anomaly() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let redis = spawn_redis(tmp.path());
+    let fleet = spawn_fleet(&redis.url(), tmp.path());
+    let mut agent = spawn_configured_agent(tmp.path(), "gw-restart", &fleet.url());
+    let (config, port) = (agent.config.clone(), agent.mqtt_port);
+    let mut conn = redis.conn();
+    let windows = |conn: &mut redis::Connection| {
+        stream_entries(conn, "records")
+            .into_iter()
+            .filter(|e| e.get("kind").map(String::as_str) == Some("window"))
+            .map(|e| e["count"].parse::<u64>().expect("count"))
+            .sum::<u64>()
+    };
+    publish(port, "pump3", &quiet(30));
+    wait_until("the first windows", Duration::from_secs(20), || {
+        windows(&mut conn) == 30
+    });
+    assert_eq!(agent.proc.terminate(Duration::from_secs(20)), Some(0));
+
+    agent = run_agent(tmp.path(), "gw-restart", config.clone(), port);
+    let alerts = subscribe(tmp.path(), "sub-restart", port, "alerts/#");
+    let mut values = quiet(4);
+    values.push(100.0);
+    let spike_ts = publish(port, "pump3", &values)[4];
+    wait_until(
+        "the alert after the restart",
+        Duration::from_secs(20),
+        || !messages(&alerts, "alerts/").is_empty(),
+    );
+    let got = messages(&alerts, "alerts/");
+    assert_eq!(got.len(), 1, "{got:?}");
+    check_alert(&got[0].0, &got[0].1, "pump3", spike_ts);
+    wait_until("the anomaly record", Duration::from_secs(20), || {
+        anomalies(&mut conn).len() == 1
+    });
+
+    agent.proc.kill9();
+    drop(alerts);
+    let _agent = run_agent(tmp.path(), "gw-restart", config, port);
+    publish(port, "pump3", &quiet(5));
+    wait_until(
+        "the windows after the crash",
+        Duration::from_secs(20),
+        || windows(&mut conn) == 40,
+    );
+    let records = anomalies(&mut conn);
+    assert_eq!(records.len(), 1, "exactly one anomaly record: {records:?}");
+    assert_eq!(records[0]["ts_ms"], spike_ts.to_string());
 }
