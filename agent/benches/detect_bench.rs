@@ -14,6 +14,10 @@ use std::time::Instant;
 
 use fieldline_agent::detect::{DetectorSpec, DEFAULT_ALERT_THRESHOLD};
 
+#[path = "util/cpu.rs"]
+mod cpu;
+use cpu::thread_cpu_ns;
+
 fn main() {
     // `cargo bench` passes `--bench`; the first numeric argument is the point count.
     let n: usize = std::env::args()
@@ -127,10 +131,4 @@ fn main() {
             black_box(alerts)
         );
     }
-}
-
-/// Nanoseconds this thread has spent on a CPU, where the kernel tells us.
-fn thread_cpu_ns() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    s.split_whitespace().next()?.parse().ok()
 }

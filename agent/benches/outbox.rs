@@ -69,6 +69,7 @@ fn processor(store: &Store, durability: Durability) -> Processor {
             durability,
             checkpoint_interval: Duration::from_secs(30),
             forward_raw: false,
+            publisher: None,
         },
     )
     .expect("processor")

@@ -159,7 +159,8 @@ fn config(s: &BrokerSettings) -> Config {
     Config {
         id: 0,
         router: RouterConfig {
-            max_connections: s.max_connections + 1,
+            // + the pipeline's local link and the local publisher (`local.rs`).
+            max_connections: s.max_connections + 2,
             max_outgoing_packet_count: 200,
             // The pipeline's link reads one log (its wildcard filter): `buffer_bytes`
             // of payload in 4 segments, the oldest dropped as a whole. Measured RSS

@@ -11,6 +11,15 @@ pub struct Counters {
     pub dead_letters: AtomicU64,
     pub late_dropped: AtomicU64,
     pub windows_emitted: AtomicU64,
+    /// Anomaly records (alerts) raised by the pipelines' detectors.
+    pub anomalies: AtomicU64,
+    /// Readings not scored because their pipeline's detectors already track
+    /// `max_series` series.
+    pub detector_series_rejected: AtomicU64,
+    /// Messages queued for the local broker (`mqtt:` sinks, alert topics).
+    pub local_published: AtomicU64,
+    /// Messages for the local broker dropped because its queue was full.
+    pub local_dropped: AtomicU64,
     /// Readings appended to the ingest log.
     pub readings_logged: AtomicU64,
     /// Frame bytes appended to the ingest log.
@@ -56,6 +65,10 @@ impl Counters {
             disk_write_bytes: get(&self.disk_write_bytes),
             rss_bytes: get(&self.rss_bytes),
             state_disk_bytes: get(&self.state_disk_bytes),
+            anomalies: get(&self.anomalies),
+            detector_series_rejected: get(&self.detector_series_rejected),
+            local_published: get(&self.local_published),
+            local_dropped: get(&self.local_dropped),
         }
     }
 }

@@ -6,8 +6,10 @@
 //!    become dead letters in the same batch;
 //! 2. append the batch to the ingest log as one entry (with `durability =
 //!    "batch-fsync"` the store is flushed before going on);
-//! 3. process it and run `advance(now)`; append the outputs to the outbox together
-//!    with the entry's position (one transaction).
+//! 3. process it and run `advance(now)`; route the outputs by their pipeline's sinks
+//!    ([`Pipeline::route`]); append the outbox's share together with the entry's
+//!    position (one transaction), then queue the local publishes (`mqtt:` sinks,
+//!    alerts) on the agent's own broker ([`crate::local`]), which never blocks.
 //!
 //! Recovery ([`Processor::open`]) restores the latest checkpoint and replays every
 //! log entry after its position. Outputs of entries at or below the outbox's
@@ -35,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::Message;
 use crate::counters::Counters;
+use crate::local::LocalPublisher;
 use crate::outbox::Outbox;
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::state::checkpoint::AUTO;
@@ -62,6 +65,8 @@ pub struct IngestSettings {
     pub checkpoint_interval: Duration,
     /// Also put every decoded reading in the outbox as a `reading` record.
     pub forward_raw: bool,
+    /// Where `mqtt:` sinks and alerts go; `None`: not published (e.g. tools, tests).
+    pub publisher: Option<LocalPublisher>,
 }
 
 /// What [`Processor::open`] found and did.
@@ -198,11 +203,24 @@ impl Processor {
         if pos <= self.outbox.applied_pos() || self.out.is_empty() {
             return Ok(0);
         }
+        let mut local = Vec::new();
+        self.pipeline.route(&mut self.out, &mut local);
         let n = self.out.len();
         // created_ms from the log, so a replay re-creates identical records.
         self.outbox
             .append_from(Some(pos), std::mem::take(&mut self.out), entry.post_tick)?;
+        self.publish(local);
         Ok(n)
+    }
+
+    /// After the outbox commit, so a crash replay that re-creates the records also
+    /// publishes them (local publishes of outbox-less entries may repeat after a crash).
+    fn publish(&self, local: Vec<crate::pipeline::LocalMessage>) {
+        if let Some(p) = &self.settings.publisher {
+            for m in local {
+                p.publish(m);
+            }
+        }
     }
 
     /// Logs and processes one batch of messages.
@@ -262,8 +280,11 @@ impl Processor {
         let (pos, bytes) = self.log.append(&entry)?;
         self.counters
             .add(&self.counters.ingest_log_bytes, bytes as u64);
+        let mut local = Vec::new();
+        self.pipeline.route(&mut out, &mut local);
         let n = out.len();
         self.outbox.append_from(Some(pos), out, now_ms)?;
+        self.publish(local);
         Ok(n)
     }
 
@@ -416,6 +437,9 @@ mod tests {
     use super::*;
     use crate::outbox::Bounds;
     use crate::state::StoreOptions;
+    use fieldline_common::config::pipeline::{
+        default_pipeline, DetectorConfig, DetectorKind, Suppression,
+    };
     use fieldline_common::config::WindowConfig;
     use fieldline_common::topic::TopicTemplate;
     use proptest::prelude::*;
@@ -429,9 +453,50 @@ mod tests {
             idle_timeout: Duration::from_millis(700),
             max_future: Duration::from_secs(60),
         };
-        Pipeline::new(
+        // Detectors that alert often on this input, including gap alerts raised by
+        // ticks, so crash replay has to reproduce anomaly records too.
+        let det = |kind: DetectorKind, cooldown_points: u64| DetectorConfig {
+            name: kind.name().to_string(),
+            kind,
+            devices: vec![],
+            metrics: vec![],
+            warmup: 0,
+            alert_score: 0.5,
+            suppress: Suppression::Episode {
+                cooldown_points,
+                cooldown_ms: 0,
+            },
+        };
+        let mut cfg = default_pipeline(&window);
+        cfg.detectors = vec![
+            det(
+                DetectorKind::ZScore {
+                    window: 4,
+                    threshold: 1.5,
+                },
+                1,
+            ),
+            det(DetectorKind::RateOfChange { max_per_sec: 50.0 }, 0),
+            det(
+                DetectorKind::FlatLine {
+                    min_points: 2,
+                    min_duration_ms: 0,
+                    tolerance: 0.5,
+                },
+                1,
+            ),
+            det(
+                DetectorKind::MissingData {
+                    expected_interval_ms: 100,
+                    factor: 3.0,
+                },
+                0,
+            ),
+        ];
+        Pipeline::with_pipelines(
             TopicTemplate::parse("sensors/{device}/{metric}").expect("template"),
             &window,
+            &[cfg],
             counters.clone(),
         )
     }
@@ -466,6 +531,7 @@ mod tests {
                 durability: Durability::Interval,
                 checkpoint_interval: Duration::from_secs(3600),
                 forward_raw,
+                publisher: None,
             },
         )
         .unwrap()
@@ -522,7 +588,8 @@ mod tests {
             let root = tempfile::tempdir().unwrap();
             let mut dir = root.path().join("g0");
             let (mut p, _) = open(&dir, forward_raw);
-            let mut now = 1_000_000i64;
+            // Milliseconds since the epoch: payload `ts` below 10^11 would be read as seconds.
+            let mut now = 1_700_000_000_000i64;
             // Every entry that is in the log, by position (what the reference replays).
             let mut logged: BTreeMap<u64, LogEntry> = BTreeMap::new();
             let mut gen = 0;

@@ -7,6 +7,8 @@
 //! - [`engine`]: the stream engine: fluent API, windows, watermarks, aggregates,
 //!   late data, quantile sketch (pure, no IO).
 //! - [`replay`]: offline replay of recorded messages through the pipelines.
+//! - [`local`]: publishes `mqtt:` sink results and alerts on the agent's own broker
+//!   (QoS 1, bounded queue, never blocks ingest).
 //! - [`ingest`]: the processing loop: decode → ingest log → pipeline → outbox;
 //!   checkpoints and crash recovery (restore + replay).
 //! - [`state`]: the agent's one sled database: ingest log, checkpoints, keyed state
@@ -26,6 +28,7 @@ pub mod detect;
 pub mod engine;
 pub mod enroll;
 pub mod ingest;
+pub mod local;
 pub mod outbox;
 pub mod pipeline;
 pub mod reconcile;

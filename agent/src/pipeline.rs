@@ -1,5 +1,6 @@
 //! Turns broker messages into records: decode → every configured pipeline
-//! ([`crate::engine::Job`]) → records for the outbox.
+//! ([`crate::engine::Job`] and its detectors, [`crate::detect::attach`]) → records,
+//! routed by the pipeline's sinks to the outbox and/or the local broker ([`Pipeline::route`]).
 //!
 //! Decoding is shared by all pipelines and pure ([`Pipeline::decode`]), so readings
 //! can be logged before they are processed. Undecodable payloads, and readings
@@ -14,15 +15,18 @@ use fieldline_common::config::pipeline::{default_pipeline, PipelineConfig, Sink}
 use fieldline_common::config::{AgentConfig, WindowConfig};
 use fieldline_common::payload::{self, Reading};
 use fieldline_common::topic::TopicTemplate;
-use fieldline_common::wire::{DeadLetter, RecordBody};
+use fieldline_common::wire::{Anomaly, DeadLetter, RecordBody};
 use serde::{Deserialize, Serialize};
 
 use crate::broker::Message;
 use crate::counters::Counters;
+use crate::detect::attach::Attached;
 use crate::engine::{Job, JobState, JobStats};
 
 /// Version of the [`Pipeline::snapshot`] encoding; restore refuses others.
-const SNAPSHOT_VERSION: u16 = 2;
+/// v3 added detector state; v2 snapshots (no detectors) are still restored.
+const SNAPSHOT_VERSION: u16 = 3;
+const SNAPSHOT_V2: u16 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -36,6 +40,7 @@ pub enum PipelineError {
 struct SnapshotRef<'a> {
     v: u16,
     jobs: Vec<(&'a str, String, &'a JobState)>,
+    detectors: Vec<(&'a str, String, serde_bytes::ByteBuf)>,
 }
 
 #[derive(Deserialize)]
@@ -43,17 +48,35 @@ struct SnapshotOwned {
     v: u16,
     /// (pipeline name, fingerprint, state)
     jobs: Vec<(String, String, JobState)>,
+    /// (pipeline name, detector fingerprint, state); absent in v2.
+    #[serde(default)]
+    detectors: Vec<(String, String, serde_bytes::ByteBuf)>,
+}
+
+/// A record for the agent's own MQTT broker (an `mqtt:` sink or an alert topic).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalMessage {
+    pub topic: String,
+    pub payload: Vec<u8>,
 }
 
 pub struct Pipeline {
     template: TopicTemplate,
     jobs: Vec<Job>,
+    /// Per job: its detectors.
+    detectors: Vec<Attached>,
+    /// Per job: its config (detectors are rebuilt from it on restore).
+    configs: Vec<PipelineConfig>,
     /// Per job: local MQTT topics its records go to besides (or instead of) the outbox.
     sinks: Vec<Vec<Sink>>,
+    /// Per job: the alert topic template of its anomaly records.
+    alert_topics: Vec<Option<String>>,
     max_future_ms: i64,
     counters: Arc<Counters>,
     /// Totals already added to `counters`.
     reported: JobStats,
+    /// (anomalies, detector series rejected) already added to `counters`.
+    reported_detectors: (u64, u64),
 }
 
 fn ms(d: Duration) -> i64 {
@@ -85,15 +108,24 @@ impl Pipeline {
         Self {
             template,
             jobs: pipelines.iter().map(Job::from_config).collect(),
+            detectors: pipelines.iter().map(Attached::new).collect(),
+            configs: pipelines.to_vec(),
             sinks: pipelines.iter().map(|p| p.sinks.clone()).collect(),
+            alert_topics: pipelines.iter().map(|p| p.alert_topic.clone()).collect(),
             max_future_ms: ms(window.max_future),
             counters,
             reported: JobStats::default(),
+            reported_detectors: (0, 0),
         }
     }
 
     pub fn jobs(&self) -> &[Job] {
         &self.jobs
+    }
+
+    /// Per job, its detectors.
+    pub fn detectors(&self) -> &[Attached] {
+        &self.detectors
     }
 
     /// The sinks of the pipeline named `name` (the outbox for the default pipeline).
@@ -120,9 +152,61 @@ impl Pipeline {
         t
     }
 
-    /// Bytes of window state over all jobs.
+    /// Bytes of window and detector state over all jobs.
     pub fn state_bytes(&self) -> usize {
-        self.jobs.iter().map(Job::state_bytes).sum()
+        self.jobs.iter().map(Job::state_bytes).sum::<usize>()
+            + self
+                .detectors
+                .iter()
+                .map(Attached::state_bytes)
+                .sum::<usize>()
+    }
+
+    /// Splits `records` by the sinks of the pipeline that produced each: what belongs in
+    /// the outbox stays in `records` (in order), local publishes are pushed onto `local`.
+    /// Dead letters and raw readings always go to the outbox. Anomalies go to the outbox
+    /// when the pipeline has the outbox sink, and to its alert topic when it has one.
+    pub fn route(&self, records: &mut Vec<RecordBody>, local: &mut Vec<LocalMessage>) {
+        let alerts = |i: usize| self.alert_topics[i].is_some() && !self.detectors[i].is_empty();
+        if self.sinks.iter().all(|s| s == &[Sink::Outbox]) && !(0..self.jobs.len()).any(alerts) {
+            // The common case: everything to the outbox, in order.
+            return;
+        }
+        records.retain(|body| {
+            let name = match body {
+                RecordBody::Window(w) => &w.pipeline,
+                RecordBody::Late(l) => &l.pipeline,
+                RecordBody::Anomaly(a) => &a.pipeline,
+                RecordBody::DeadLetter(_) | RecordBody::Reading(_) => return true,
+            };
+            let Some(i) = self.jobs.iter().position(|j| j.name() == name) else {
+                return true;
+            };
+            match body {
+                RecordBody::Window(_) | RecordBody::Late(_) => {
+                    for s in &self.sinks[i] {
+                        if let Sink::Mqtt(topic) = s {
+                            // The replay output format: `{"kind": "window", ...fields}`.
+                            let json = crate::replay::to_json(body.clone());
+                            local.push(LocalMessage {
+                                topic: topic.clone(),
+                                payload: serde_json::to_vec(&json).unwrap_or_default(),
+                            });
+                        }
+                    }
+                }
+                RecordBody::Anomaly(a) => {
+                    if let Some(t) = &self.alert_topics[i] {
+                        local.push(LocalMessage {
+                            topic: alert_topic(t, a),
+                            payload: alert_json(a),
+                        });
+                    }
+                }
+                _ => {}
+            }
+            self.sinks[i].contains(&Sink::Outbox)
+        });
     }
 
     fn report(&mut self) {
@@ -137,11 +221,25 @@ impl Pipeline {
             now.windows_emitted - self.reported.windows_emitted,
         );
         self.reported = now;
+        let now = self.detector_totals();
+        let (seen_a, seen_r) = self.reported_detectors;
+        c.add(&c.anomalies, now.0.saturating_sub(seen_a));
+        c.add(&c.detector_series_rejected, now.1.saturating_sub(seen_r));
+        self.reported_detectors = now;
+    }
+
+    /// (anomalies, series rejected) over every pipeline's detectors.
+    fn detector_totals(&self) -> (u64, u64) {
+        self.detectors.iter().fold((0, 0), |(a, r), d| {
+            let s = d.stats();
+            (a + s.anomalies, r + s.series_rejected)
+        })
     }
 
     /// Encodes all engine state (open and kept windows, sketches, watermarks, device
-    /// clocks, late-data revisions, series slots) as CBOR. Restoring it and feeding
-    /// the same inputs gives the same outputs as an uninterrupted run.
+    /// clocks, late-data revisions, series slots, detector state) as CBOR. Restoring it
+    /// and feeding the same inputs gives the same outputs as an uninterrupted run (except
+    /// for detectors that cannot save their state, see [`crate::detect::attach`]).
     pub fn snapshot(&self) -> Vec<u8> {
         let snap = SnapshotRef {
             v: SNAPSHOT_VERSION,
@@ -149,6 +247,19 @@ impl Pipeline {
                 .jobs
                 .iter()
                 .map(|j| (j.name(), j.fingerprint(), j.snapshot_state()))
+                .collect(),
+            detectors: self
+                .jobs
+                .iter()
+                .zip(&self.detectors)
+                .filter(|(_, d)| !d.is_empty())
+                .map(|(j, d)| {
+                    (
+                        j.name(),
+                        d.fingerprint(),
+                        serde_bytes::ByteBuf::from(d.snapshot()),
+                    )
+                })
                 .collect(),
         };
         // Plain data (numbers, strings, vectors): encoding cannot fail.
@@ -161,12 +272,43 @@ impl Pipeline {
     pub fn restore(&mut self, bytes: &[u8]) -> Result<(), PipelineError> {
         let snap: SnapshotOwned = fieldline_common::codec::from_cbor(bytes, usize::MAX)
             .map_err(|e| PipelineError::Snapshot(e.to_string()))?;
-        if snap.v != SNAPSHOT_VERSION {
+        if snap.v != SNAPSHOT_VERSION && snap.v != SNAPSHOT_V2 {
             return Err(PipelineError::SnapshotVersion {
                 found: snap.v,
                 expected: SNAPSHOT_VERSION,
             });
         }
+        // Detector state first: it is the part that can be refused as a whole, and on
+        // error nothing may have changed.
+        let mut detector_states = Vec::new();
+        for (name, fingerprint, state) in snap.detectors {
+            match self.jobs.iter().position(|j| j.name() == name) {
+                Some(i) if self.detectors[i].fingerprint() == fingerprint => {
+                    detector_states.push((i, state))
+                }
+                Some(_) => tracing::warn!(
+                    pipeline = %name,
+                    "detectors changed since the checkpoint; they start learning again"
+                ),
+                None => {}
+            }
+        }
+        let mut restored = self.detectors_fresh();
+        for (i, state) in detector_states {
+            let fresh = restored[i].restore(&state).map_err(|e| {
+                PipelineError::Snapshot(format!("pipeline {}: {e}", self.jobs[i].name()))
+            })?;
+            if fresh > 0 {
+                tracing::warn!(
+                    pipeline = %self.jobs[i].name(),
+                    detectors = fresh,
+                    "some detectors cannot restore their state and start learning again"
+                );
+            }
+        }
+        self.detectors = restored;
+        // Counters are per process: what the restored state already counted is not new.
+        self.reported_detectors = self.detector_totals();
         for (name, fingerprint, state) in snap.jobs {
             match self.jobs.iter_mut().find(|j| j.name() == name) {
                 Some(job) if job.fingerprint() == fingerprint => job.restore_state(state),
@@ -178,6 +320,10 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+
+    fn detectors_fresh(&self) -> Vec<Attached> {
+        self.configs.iter().map(Attached::new).collect()
     }
 
     /// Decodes one message into readings, or the dead letter that keeps it. Pure:
@@ -215,8 +361,9 @@ impl Pipeline {
     /// Feeds one decoded reading to every pipeline; `arrival_ms` is the agent clock
     /// when it arrived.
     pub fn process(&mut self, reading: &Reading, arrival_ms: i64, out: &mut Vec<RecordBody>) {
-        for job in &mut self.jobs {
+        for (job, det) in self.jobs.iter_mut().zip(&mut self.detectors) {
             job.process(reading, arrival_ms, out);
+            det.process(reading, out);
         }
         self.report();
     }
@@ -240,8 +387,9 @@ impl Pipeline {
 
     /// Emits watermarks and closes due windows, pushing their results onto `out`.
     pub fn advance(&mut self, wall_ms: i64, out: &mut Vec<RecordBody>) {
-        for job in &mut self.jobs {
+        for (job, det) in self.jobs.iter_mut().zip(&mut self.detectors) {
             job.advance(wall_ms, out);
+            det.advance(wall_ms, out);
         }
         self.report();
     }
@@ -253,6 +401,31 @@ impl Pipeline {
         }
         self.report();
     }
+}
+
+/// Fills `{device}`, `{metric}`, `{pipeline}` and `{detector}` of an alert topic.
+fn alert_topic(template: &str, a: &Anomaly) -> String {
+    template
+        .replace("{device}", &a.series.device)
+        .replace("{metric}", &a.series.metric)
+        .replace("{pipeline}", &a.pipeline)
+        .replace("{detector}", &a.detector)
+}
+
+/// The alert message on the local broker (docs/CONFIG.md, "Detectors").
+fn alert_json(a: &Anomaly) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "pipeline": a.pipeline,
+        "series": a.series.to_string(),
+        "device": a.series.device,
+        "metric": a.series.metric,
+        "ts": a.ts_ms,
+        "value": a.value,
+        "score": a.score,
+        "detector": a.detector,
+        "reason": a.reason,
+    }))
+    .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -270,6 +443,33 @@ name = "tumbling"
 window = { kind = "tumbling", size = "1s" }
 watermark = { max_out_of_orderness = "300ms", idle_timeout = "2s" }
 late = { policy = "allowed_lateness", allowed_lateness = "1s" }
+detectors = ["mad"]
+[[pipeline.detector]]
+kind = "zscore"
+window = 5
+threshold = 1.0
+cooldown_points = 2
+cooldown = "0s"
+[[pipeline.detector]]
+kind = "ewma"
+alpha = 0.3
+warmup = 3
+[[pipeline.detector]]
+kind = "threshold"
+max = 1000
+suppress = "off"
+[[pipeline.detector]]
+kind = "rate_of_change"
+max_per_sec = 10000
+metrics = ["m1"]
+[[pipeline.detector]]
+kind = "flat_line"
+min_points = 2
+[[pipeline.detector]]
+kind = "missing_data"
+expected_interval = "300ms"
+devices = ["d1", "d2"]
+cooldown = "500ms"
 [[pipeline]]
 name = "sliding"
 key_by = "metric"
@@ -386,6 +586,7 @@ max_series = 3
         let other = fieldline_common::codec::to_cbor(&SnapshotRef {
             v: 99,
             jobs: vec![],
+            detectors: vec![],
         })
         .expect("encode");
         assert!(matches!(
@@ -411,5 +612,119 @@ max_series = 3
         q.restore(&snap).expect("restore");
         assert_eq!(q.jobs()[0].keys(), 0, "tumbling changed: empty");
         assert_eq!(q.jobs()[2].keys(), 1, "session unchanged: restored");
+    }
+
+    #[test]
+    fn records_are_routed_by_their_pipeline_sinks() {
+        let cfg = AgentConfig::from_toml(
+            "t.toml",
+            r#"
+[agent]
+id = "t"
+[[pipeline]]
+name = "local"
+window = { kind = "count", count = 2 }
+aggregates = ["count"]
+sinks = ["mqtt:site/windows"]
+alert_topic = "site/{pipeline}/{detector}/{device}/{metric}"
+detectors = [{ kind = "threshold", max = 10 }]
+[[pipeline]]
+name = "both"
+window = { kind = "count", count = 2 }
+aggregates = ["count"]
+sinks = ["outbox", "mqtt:site/both"]
+detectors = [{ kind = "threshold", max = 10 }]
+[[pipeline]]
+name = "quiet"
+window = { kind = "count", count = 2 }
+aggregates = ["count"]
+alert_topic = ""
+detectors = [{ kind = "threshold", max = 10 }]
+"#,
+            Vec::new(),
+        )
+        .expect("config");
+        let mut p = Pipeline::from_config(&cfg, Arc::new(Counters::default()));
+        let mut out = Vec::new();
+        for (i, v) in [1.0, 50.0].into_iter().enumerate() {
+            let msg = Message {
+                topic: "sensors/d1/temp".into(),
+                payload: format!(
+                    r#"{{"value": {v}, "ts": {}}}"#,
+                    1_700_000_000_000i64 + i as i64
+                )
+                .into_bytes(),
+                arrival_ms: 1_700_000_000_000,
+            };
+            p.handle(&msg, &mut out);
+        }
+        let kinds = |out: &[RecordBody]| {
+            out.iter()
+                .map(|r| match r {
+                    RecordBody::Window(w) => format!("window {}", w.pipeline),
+                    RecordBody::Anomaly(a) => format!("anomaly {}", a.pipeline),
+                    other => other.kind().to_string(),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            kinds(&out),
+            [
+                "window local",
+                "anomaly local",
+                "window both",
+                "anomaly both",
+                "window quiet",
+                "anomaly quiet"
+            ]
+        );
+        let mut local = Vec::new();
+        p.route(&mut out, &mut local);
+        assert_eq!(
+            kinds(&out),
+            [
+                "window both",
+                "anomaly both",
+                "window quiet",
+                "anomaly quiet"
+            ]
+        );
+        let topics: Vec<&str> = local.iter().map(|m| m.topic.as_str()).collect();
+        assert_eq!(
+            topics,
+            [
+                "site/windows",
+                "site/local/threshold/d1/temp",
+                "site/both",
+                "alerts/d1/temp"
+            ]
+        );
+        let alert: serde_json::Value = serde_json::from_slice(&local[1].payload).expect("json");
+        assert_eq!(
+            alert,
+            serde_json::json!({
+                "pipeline": "local",
+                "series": "d1/temp",
+                "device": "d1",
+                "metric": "temp",
+                "ts": 1_700_000_000_001i64,
+                "value": 50.0,
+                "score": 1.0,
+                "detector": "threshold",
+                "reason": "value 50 above max 10",
+            })
+        );
+        let window: serde_json::Value =
+            serde_json::from_slice(&local[0].payload).expect("window json");
+        assert_eq!(
+            (&window["kind"], &window["count"], &window["pipeline"]),
+            (&"window".into(), &2.into(), &"local".into())
+        );
+        assert_eq!(
+            p.counters
+                .anomalies
+                .load(std::sync::atomic::Ordering::Relaxed),
+            3
+        );
     }
 }

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{self, BrokerSettings};
 use crate::counters::Counters;
 use crate::ingest::{self, IngestSettings, Processor};
+use crate::local::{self, LocalPublisher};
 use crate::outbox::{self, Outbox};
 use crate::pipeline::Pipeline;
 use crate::state::{Store, StoreOptions};
@@ -82,6 +83,13 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
     // Recovery (restore the last checkpoint, replay the ingest-log tail) finishes
     // before the broker accepts the first sensor connection.
     let pipeline = Pipeline::from_config(&cfg, counters.clone());
+    // Created before recovery so replayed alerts are queued; connected once the broker runs.
+    let (publisher, local_loop) = LocalPublisher::new(
+        cfg.mqtt.listen,
+        &cfg.agent.id,
+        cfg.mqtt.max_payload_bytes,
+        counters.clone(),
+    );
     let (processor, recovery) = Processor::open(
         pipeline,
         &store,
@@ -91,6 +99,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
             durability: cfg.storage.durability,
             checkpoint_interval: cfg.storage.checkpoint_interval,
             forward_raw: cfg.outbox.forward_raw_readings,
+            publisher: Some(publisher),
         },
     )
     .map_err(state_err)?;
@@ -140,6 +149,8 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
         wake,
         stop_uplink.clone(),
     ));
+    // Stopped with the uplink: after intake, so the last batch's alerts are queued.
+    let local_task = tokio::spawn(local::run(local_loop, stop_uplink.clone()));
     let heartbeat_task = tokio::spawn(uplink::run_heartbeat(
         client,
         cfg.uplink.heartbeat_interval,
@@ -174,6 +185,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ru
         stop_uplink.cancel();
         let _ = drain_task.await;
         let _ = heartbeat_task.await;
+        let _ = local_task.await;
     };
     if tokio::time::timeout(SHUTDOWN_DEADLINE, finish)
         .await

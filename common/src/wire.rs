@@ -179,6 +179,18 @@ pub struct AgentCounters {
     /// Size of the agent's sled database on disk.
     #[serde(default)]
     pub state_disk_bytes: u64,
+    /// Anomaly records raised by the pipelines' detectors.
+    #[serde(default)]
+    pub anomalies: u64,
+    /// Readings not scored because their pipeline's detectors track `max_series` series.
+    #[serde(default)]
+    pub detector_series_rejected: u64,
+    /// Messages queued for / dropped before the agent's own broker (`mqtt:` sinks and
+    /// alert topics; dropped when the bounded queue is full).
+    #[serde(default)]
+    pub local_published: u64,
+    #[serde(default)]
+    pub local_dropped: u64,
 }
 
 /// `POST /api/v1/heartbeat` body.

@@ -58,6 +58,12 @@ fn golden_pipelines_side_by_side() {
     check_golden("pipelines");
 }
 
+/// A spike, a stuck value and a gap: one anomaly record each, between the windows.
+#[test]
+fn golden_detectors() {
+    check_golden("detectors");
+}
+
 #[test]
 fn replay_is_deterministic_and_order_of_equal_arrivals_is_kept() {
     let dir = golden_dir().join("pipelines");

@@ -3,6 +3,7 @@
 //! (see `tests/Cargo.toml`), one module per area; [`harness`] starts and stops
 //! everything on free loopback ports and shows process logs when a test fails.
 
+mod alerts;
 mod cli;
 mod crash;
 mod e2e;

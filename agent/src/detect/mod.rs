@@ -14,9 +14,11 @@
 //! burst of NaNs cannot poison a series. Finite values are clamped to ±[`VALUE_LIMIT`] so
 //! that squares and sums stay finite.
 
+pub mod attach;
 pub mod general;
 pub mod nab;
 pub mod simple;
+pub mod state;
 mod suppress;
 
 #[cfg(test)]
@@ -30,6 +32,7 @@ pub use simple::{
     EwmaDetector, FlatLineDetector, MadDetector, MissingDataDetector, RateOfChangeDetector,
     ThresholdDetector, WarmUp, ZScoreDetector,
 };
+pub use state::{StateReader, StateWriter};
 pub use suppress::Suppressor;
 
 /// Score at or above which a point is reported as an anomaly by default.
@@ -55,6 +58,16 @@ pub trait Detector: Send {
     fn check_idle(&mut self, _now_ms: i64) -> f64 {
         0.0
     }
+    /// Appends the learned state for a checkpoint ([`state`]); false when this detector
+    /// cannot save it (after a restore it then starts learning again).
+    fn save_state(&self, _out: &mut StateWriter) -> bool {
+        false
+    }
+    /// Loads what [`save_state`](Self::save_state) wrote for a detector built from the same
+    /// spec; false when the bytes do not fit (the detector must then be rebuilt).
+    fn load_state(&mut self, _input: &mut StateReader) -> bool {
+        false
+    }
 }
 
 impl Detector for Box<dyn Detector> {
@@ -69,6 +82,12 @@ impl Detector for Box<dyn Detector> {
     }
     fn check_idle(&mut self, now_ms: i64) -> f64 {
         (**self).check_idle(now_ms)
+    }
+    fn save_state(&self, out: &mut StateWriter) -> bool {
+        (**self).save_state(out)
+    }
+    fn load_state(&mut self, input: &mut StateReader) -> bool {
+        (**self).load_state(input)
     }
 }
 

@@ -2,6 +2,7 @@
 //! a fixed-size ring buffer) and maps its statistic through [`ratio_score`] so that the
 //! configured limit scores exactly [`DEFAULT_ALERT_THRESHOLD`](super::DEFAULT_ALERT_THRESHOLD).
 
+use super::state::{StateReader, StateWriter};
 use super::{ratio_score, sanitize, Detector};
 
 /// Largest window the median/MAD detector accepts (it sorts a scratch copy per point).
@@ -38,6 +39,12 @@ impl ThresholdDetector {
 }
 
 impl Detector for ThresholdDetector {
+    fn save_state(&self, out: &mut StateWriter) -> bool {
+        self.save(out)
+    }
+    fn load_state(&mut self, input: &mut StateReader) -> bool {
+        self.load(input).is_some()
+    }
     fn update(&mut self, _ts_ms: i64, value: f64) -> f64 {
         self.last = value;
         // ±inf is a real "beyond any limit" reading; NaN is no reading.
@@ -113,6 +120,12 @@ impl ZScoreDetector {
 }
 
 impl Detector for ZScoreDetector {
+    fn save_state(&self, out: &mut StateWriter) -> bool {
+        self.save(out)
+    }
+    fn load_state(&mut self, input: &mut StateReader) -> bool {
+        self.load(input).is_some()
+    }
     fn update(&mut self, _ts_ms: i64, value: f64) -> f64 {
         let Some(x) = sanitize(value) else {
             self.last_z = 0.0;
@@ -203,6 +216,12 @@ impl EwmaDetector {
 }
 
 impl Detector for EwmaDetector {
+    fn save_state(&self, out: &mut StateWriter) -> bool {
+        self.save(out)
+    }
+    fn load_state(&mut self, input: &mut StateReader) -> bool {
+        self.load(input).is_some()
+    }
     fn update(&mut self, _ts_ms: i64, value: f64) -> f64 {
         let Some(x) = sanitize(value) else {
             self.last_z = 0.0;
@@ -287,6 +306,12 @@ fn median_in_place(v: &mut [f64]) -> f64 {
 }
 
 impl Detector for MadDetector {
+    fn save_state(&self, out: &mut StateWriter) -> bool {
+        self.save(out)
+    }
+    fn load_state(&mut self, input: &mut StateReader) -> bool {
+        self.load(input).is_some()
+    }
     fn update(&mut self, _ts_ms: i64, value: f64) -> f64 {
         let Some(x) = sanitize(value) else {
             self.last_z = 0.0;
@@ -351,6 +376,12 @@ impl RateOfChangeDetector {
 }
 
 impl Detector for RateOfChangeDetector {
+    fn save_state(&self, out: &mut StateWriter) -> bool {
+        self.save(out)
+    }
+    fn load_state(&mut self, input: &mut StateReader) -> bool {
+        self.load(input).is_some()
+    }
     fn update(&mut self, ts_ms: i64, value: f64) -> f64 {
         let Some(x) = sanitize(value) else {
             self.last_rate = 0.0;
@@ -419,6 +450,12 @@ impl FlatLineDetector {
 }
 
 impl Detector for FlatLineDetector {
+    fn save_state(&self, out: &mut StateWriter) -> bool {
+        self.save(out)
+    }
+    fn load_state(&mut self, input: &mut StateReader) -> bool {
+        self.load(input).is_some()
+    }
     fn update(&mut self, ts_ms: i64, value: f64) -> f64 {
         let Some(x) = sanitize(value) else {
             return if self.stuck() { 1.0 } else { 0.0 };
@@ -510,6 +547,12 @@ impl MissingDataDetector {
 }
 
 impl Detector for MissingDataDetector {
+    fn save_state(&self, out: &mut StateWriter) -> bool {
+        self.save(out)
+    }
+    fn load_state(&mut self, input: &mut StateReader) -> bool {
+        self.load(input).is_some()
+    }
     fn update(&mut self, ts_ms: i64, value: f64) -> f64 {
         if !value.is_finite() {
             // Not a reading: the gap stays open.
@@ -583,6 +626,12 @@ impl WarmUp {
 }
 
 impl Detector for WarmUp {
+    fn save_state(&self, out: &mut StateWriter) -> bool {
+        self.save(out)
+    }
+    fn load_state(&mut self, input: &mut StateReader) -> bool {
+        self.load(input).is_some()
+    }
     fn update(&mut self, ts_ms: i64, value: f64) -> f64 {
         let s = self.inner.update(ts_ms, value);
         self.seen = self.seen.saturating_add(1);
@@ -608,5 +657,165 @@ impl Detector for WarmUp {
     }
     fn state_bytes(&self) -> usize {
         std::mem::size_of::<Self>() + self.inner.state_bytes()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Checkpoint state: the learned fields only (parameters come from the spec).
+
+impl ThresholdDetector {
+    fn save(&self, w: &mut StateWriter) -> bool {
+        w.f64(self.last);
+        w.f64(self.last_score);
+        true
+    }
+    fn load(&mut self, r: &mut StateReader) -> Option<()> {
+        self.last = r.f64()?;
+        self.last_score = r.f64()?;
+        Some(())
+    }
+}
+
+impl ZScoreDetector {
+    fn save(&self, w: &mut StateWriter) -> bool {
+        w.f64s(&self.buf);
+        w.u64(self.pos as u64);
+        w.u64(self.len as u64);
+        w.u64(self.since_recompute as u64);
+        for v in [
+            self.anchor,
+            self.sum,
+            self.sumsq,
+            self.last_z,
+            self.last_value,
+        ] {
+            w.f64(v);
+        }
+        true
+    }
+    fn load(&mut self, r: &mut StateReader) -> Option<()> {
+        r.f64s_into(&mut self.buf)?;
+        let (pos, len) = (r.usize()?, r.usize()?);
+        if pos >= self.buf.len() || len > self.buf.len() {
+            return None;
+        }
+        (self.pos, self.len, self.since_recompute) = (pos, len, r.usize()?);
+        self.anchor = r.f64()?;
+        self.sum = r.f64()?;
+        self.sumsq = r.f64()?;
+        self.last_z = r.f64()?;
+        self.last_value = r.f64()?;
+        Some(())
+    }
+}
+
+impl EwmaDetector {
+    fn save(&self, w: &mut StateWriter) -> bool {
+        for v in [self.mean, self.var, self.last_z, self.last_value] {
+            w.f64(v);
+        }
+        w.u64(self.n);
+        true
+    }
+    fn load(&mut self, r: &mut StateReader) -> Option<()> {
+        self.mean = r.f64()?;
+        self.var = r.f64()?;
+        self.last_z = r.f64()?;
+        self.last_value = r.f64()?;
+        self.n = r.u64()?;
+        Some(())
+    }
+}
+
+impl MadDetector {
+    fn save(&self, w: &mut StateWriter) -> bool {
+        // `scratch` is rewritten from `buf` before every use: not state.
+        w.f64s(&self.buf);
+        w.u64(self.pos as u64);
+        w.u64(self.len as u64);
+        for v in [self.last_z, self.last_median, self.last_value] {
+            w.f64(v);
+        }
+        true
+    }
+    fn load(&mut self, r: &mut StateReader) -> Option<()> {
+        r.f64s_into(&mut self.buf)?;
+        let (pos, len) = (r.usize()?, r.usize()?);
+        if pos >= self.buf.len() || len > self.buf.len() {
+            return None;
+        }
+        (self.pos, self.len) = (pos, len);
+        self.last_z = r.f64()?;
+        self.last_median = r.f64()?;
+        self.last_value = r.f64()?;
+        Some(())
+    }
+}
+
+impl RateOfChangeDetector {
+    fn save(&self, w: &mut StateWriter) -> bool {
+        w.bool(self.prev.is_some());
+        let (t, v) = self.prev.unwrap_or((0, 0.0));
+        w.i64(t);
+        w.f64(v);
+        w.f64(self.last_rate);
+        true
+    }
+    fn load(&mut self, r: &mut StateReader) -> Option<()> {
+        let some = r.bool()?;
+        let (t, v) = (r.i64()?, r.f64()?);
+        self.prev = some.then_some((t, v));
+        self.last_rate = r.f64()?;
+        Some(())
+    }
+}
+
+impl FlatLineDetector {
+    fn save(&self, w: &mut StateWriter) -> bool {
+        w.f64(self.run_value);
+        w.i64(self.run_start_ms);
+        w.u64(self.run_len);
+        w.bool(self.started);
+        w.i64(self.last_ms);
+        true
+    }
+    fn load(&mut self, r: &mut StateReader) -> Option<()> {
+        self.run_value = r.f64()?;
+        self.run_start_ms = r.i64()?;
+        self.run_len = r.u64()?;
+        self.started = r.bool()?;
+        self.last_ms = r.i64()?;
+        Some(())
+    }
+}
+
+impl MissingDataDetector {
+    fn save(&self, w: &mut StateWriter) -> bool {
+        w.f64(self.est_interval_ms);
+        w.u64(self.intervals_seen);
+        w.bool(self.last_ts.is_some());
+        w.i64(self.last_ts.unwrap_or(0));
+        w.i64(self.last_gap_ms);
+        true
+    }
+    fn load(&mut self, r: &mut StateReader) -> Option<()> {
+        self.est_interval_ms = r.f64()?;
+        self.intervals_seen = r.u64()?;
+        let some = r.bool()?;
+        let t = r.i64()?;
+        self.last_ts = some.then_some(t);
+        self.last_gap_ms = r.i64()?;
+        Some(())
+    }
+}
+
+impl WarmUp {
+    fn save(&self, w: &mut StateWriter) -> bool {
+        w.u64(self.seen);
+        self.inner.save_state(w)
+    }
+    fn load(&mut self, r: &mut StateReader) -> Option<()> {
+        self.seen = r.u64()?;
+        self.inner.load_state(r).then_some(())
     }
 }

@@ -71,6 +71,21 @@ impl Suppressor {
         }
     }
 
+    /// Appends the episode state for a checkpoint.
+    pub fn save_state(&self, w: &mut super::StateWriter) {
+        w.bool(self.armed);
+        w.u64(self.quiet_points);
+        w.i64(self.last_high_ms);
+    }
+
+    /// Loads what [`save_state`](Self::save_state) wrote; `None` when the bytes do not fit.
+    pub fn load_state(&mut self, r: &mut super::StateReader) -> Option<()> {
+        self.armed = r.bool()?;
+        self.quiet_points = r.u64()?;
+        self.last_high_ms = r.i64()?;
+        Some(())
+    }
+
     pub fn reset(&mut self) {
         self.armed = true;
         self.quiet_points = 0;

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use crate::duration;
 use crate::topic::TopicTemplate;
 
+pub mod detector;
 pub mod pipeline;
 mod raw;
 
@@ -520,7 +521,8 @@ fn validate(
         }
     });
 
-    let pipelines = pipeline::validate(pipelines, window.as_ref(), problems);
+    let filter = mqtt.as_ref().map(|m| m.topic_template.filter());
+    let pipelines = pipeline::validate(pipelines, window.as_ref(), filter.as_deref(), problems);
 
     Some(AgentConfig {
         pipelines,

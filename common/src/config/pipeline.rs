@@ -2,7 +2,7 @@
 //!
 //! Each rule names its source (device / metric globs), predicates, a map, the key, one
 //! window, the aggregates, the watermark and late-data policy, the series cap, the
-//! detectors (names only) and the sinks. When a config has no `[[pipeline]]`, the
+//! detectors (`detector.rs`) with their alert topic, and the sinks. When a config has no `[[pipeline]]`, the
 //! `[window]` section becomes the default pipeline (named `""`), so older configs keep
 //! their behaviour. Watermark keys a rule leaves out are taken from `[window]`.
 
@@ -10,20 +10,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::detector::{self, filter_matches};
+pub use super::detector::{
+    DetectorConfig, DetectorKind, Suppression, DEFAULT_ALERT_TOPIC, KNOWN_DETECTORS,
+};
 use super::{Problem, WindowConfig};
 use crate::duration;
-
-/// Detectors a pipeline may name (`agent/src/detect`; wired into pipelines later).
-pub const KNOWN_DETECTORS: &[&str] = &[
-    "threshold",
-    "zscore",
-    "ewma",
-    "mad",
-    "rate_of_change",
-    "flat_line",
-    "missing_data",
-    "general",
-];
 
 /// A validated pipeline rule.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,7 +40,10 @@ pub struct PipelineConfig {
     /// Most keys with state at once; see [`SeriesOverflow`].
     pub max_series: usize,
     pub series_overflow: SeriesOverflow,
-    pub detectors: Vec<String>,
+    /// Run on the pipeline's readings (after its filter and map), per series.
+    pub detectors: Vec<DetectorConfig>,
+    /// Local MQTT topic template for anomaly records; `None`: not published.
+    pub alert_topic: Option<String>,
     pub sinks: Vec<Sink>,
 }
 
@@ -253,8 +248,11 @@ pub(super) struct RawPipeline {
     max_series: usize,
     #[serde(default = "default_overflow")]
     series_overflow: SeriesOverflow,
-    #[serde(default)]
-    detectors: Vec<String>,
+    /// Names or inline tables; checked by `detector::validate`.
+    detectors: Option<toml::Value>,
+    /// `[[pipeline.detector]]` tables.
+    detector: Option<toml::Value>,
+    alert_topic: Option<String>,
     #[serde(default = "default_sinks")]
     sinks: Vec<String>,
 }
@@ -378,15 +376,18 @@ pub fn default_pipeline(w: &WindowConfig) -> PipelineConfig {
         max_series: DEFAULT_MAX_SERIES,
         series_overflow: SeriesOverflow::DropNew,
         detectors: vec![],
+        alert_topic: Some(DEFAULT_ALERT_TOPIC.to_string()),
         sinks: vec![Sink::Outbox],
     }
 }
 
 /// Validates the `pipeline` array; every problem is pushed with its path
 /// (`pipeline[2].window.size`).
+/// `sensor_filter` is the agent's own subscription: local publishes must stay out of it.
 pub(super) fn validate(
     value: Option<&toml::Value>,
     window: Option<&WindowConfig>,
+    sensor_filter: Option<&str>,
     problems: &mut Vec<Problem>,
 ) -> Vec<PipelineConfig> {
     let Some(value) = value else {
@@ -418,7 +419,7 @@ pub(super) fn validate(
             }
         };
         let before = problems.len();
-        let p = check(raw, &path, window, problems);
+        let p = check(raw, &path, window, sensor_filter, problems);
         if out.iter().any(|o| o.name == p.name) {
             problems.push(Problem {
                 path: format!("{path}.name"),
@@ -436,6 +437,7 @@ fn check(
     raw: RawPipeline,
     path: &str,
     window: Option<&WindowConfig>,
+    sensor_filter: Option<&str>,
     problems: &mut Vec<Problem>,
 ) -> PipelineConfig {
     let problem = |problems: &mut Vec<Problem>, field: &str, message: String| {
@@ -720,19 +722,27 @@ fn check(
     if raw.max_series == 0 {
         window_problems.push(("max_series", "must be at least 1".into()));
     }
-    for (j, d) in raw.detectors.iter().enumerate() {
-        if !KNOWN_DETECTORS.contains(&d.as_str()) {
-            problems.push(Problem {
-                path: format!("{path}.detectors[{j}]"),
-                message: format!("`{d}` is not one of {}", KNOWN_DETECTORS.join(", ")),
-            });
-        }
-    }
+    let detectors = detector::validate(
+        raw.detectors.as_ref(),
+        raw.detector.as_ref(),
+        path,
+        problems,
+    );
+    let alert_topic =
+        detector::alert_topic(raw.alert_topic.as_deref(), sensor_filter, path, problems);
     let mut sinks = Vec::new();
     for (j, s) in raw.sinks.iter().enumerate() {
         match s.as_str() {
             "outbox" => sinks.push(Sink::Outbox),
             s => match s.strip_prefix("mqtt:") {
+                Some(t) if sensor_filter.is_some_and(|f| filter_matches(f, t)) => {
+                    problems.push(Problem {
+                        path: format!("{path}.sinks[{j}]"),
+                        message: format!(
+                            "`{t}` matches the sensor topic filter: results would be read back as readings"
+                        ),
+                    })
+                }
                 Some(t) if !t.is_empty() && !t.contains(['+', '#']) => {
                     sinks.push(Sink::Mqtt(t.to_string()))
                 }
@@ -775,7 +785,8 @@ fn check(
         },
         max_series: raw.max_series.max(1),
         series_overflow: raw.series_overflow,
-        detectors: raw.detectors,
+        detectors,
+        alert_topic,
         sinks,
     }
 }
