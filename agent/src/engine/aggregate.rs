@@ -72,12 +72,6 @@ impl AggSpec {
     /// An accumulator whose quantiles come from elsewhere (time windows keep one
     /// sketch per pane, shared by the overlapping windows).
     pub(crate) fn new_acc_without_sketch(&self) -> Acc {
-        let mut acc = self.new_acc();
-        acc.sketch = None;
-        acc
-    }
-
-    pub(crate) fn new_acc(&self) -> Acc {
         Acc {
             count: 0,
             sum: 0.0,
@@ -88,7 +82,14 @@ impl AggSpec {
             first: (i64::MAX, 0.0),
             last: (i64::MIN, 0.0),
             reduced: None,
+            sketch: None,
+        }
+    }
+
+    pub(crate) fn new_acc(&self) -> Acc {
+        Acc {
             sketch: self.sketch.then(Box::default),
+            ..self.new_acc_without_sketch()
         }
     }
 

@@ -100,19 +100,25 @@ struct Pane {
     sketch: Sketch,
 }
 
-/// The sketch of the window `[start, end)`: its panes merged.
-fn pane_sketch(panes: &[Pane], start: i64, end: i64) -> Option<std::borrow::Cow<'_, Sketch>> {
+/// The sketch of the window `[start, end)`: its one pane, or its panes merged into
+/// `scratch` (reused, so emitting a sliding window allocates no sketch).
+fn pane_sketch<'a>(
+    panes: &'a [Pane],
+    start: i64,
+    end: i64,
+    scratch: &'a mut Sketch,
+) -> Option<&'a Sketch> {
     let from = panes.partition_point(|p| p.start < start);
     let to = panes.partition_point(|p| p.start < end);
     match &panes[from..to] {
         [] => None,
-        [one] => Some(std::borrow::Cow::Borrowed(&one.sketch)),
+        [one] => Some(&one.sketch),
         many => {
-            let mut s = many[0].sketch.clone();
-            for p in &many[1..] {
-                s.merge(&p.sketch);
+            scratch.clear();
+            for p in many {
+                scratch.merge(&p.sketch);
             }
-            Some(std::borrow::Cow::Owned(s))
+            Some(scratch)
         }
     }
 }
@@ -150,8 +156,29 @@ pub struct Job {
     live_keys: usize,
     /// No key has a window due before this (derived; `i64::MIN` forces a pass).
     min_deadline: i64,
+    /// Per device clock (by id): its keys and their earliest deadline (derived from
+    /// the slab, rebuilt on restore). Per-device keys close on their device's
+    /// watermark, so a close pass visits the devices whose watermark passed that
+    /// deadline instead of every key.
+    device_keys: Vec<DeviceKeys>,
+    /// Window quantiles merge their panes into this, reused between windows.
+    merged: Sketch,
+    /// Emptied sketches of retired panes, reused by new panes so that steady state
+    /// allocates no sketch memory (at most [`SPARE_SKETCHES`]).
+    spare: Vec<Sketch>,
     stats: JobStats,
     scratch: Vec<Reading>,
+}
+
+/// Retired pane sketches kept for reuse: enough for every pane of 10,000 keys that
+/// retires in one close pass.
+const SPARE_SKETCHES: usize = 16_384;
+
+#[derive(Debug, Clone, Default)]
+struct DeviceKeys {
+    keys: Vec<u32>,
+    /// No key of the device has a window due before this (`i64::MAX`: none).
+    deadline: i64,
 }
 
 impl std::fmt::Debug for Job {
@@ -199,6 +226,9 @@ impl Job {
             device_index: HashMap::default(),
             live_keys: 0,
             min_deadline: i64::MIN,
+            device_keys: Vec::new(),
+            merged: Sketch::new(),
+            spare: Vec::new(),
             stats: JobStats::default(),
             scratch: Vec::new(),
         }
@@ -258,26 +288,63 @@ impl Job {
         self.live_keys
     }
 
-    /// Bytes of window state held (accumulators, sketches, keys, clocks).
+    /// Bytes of state held, from the capacities actually allocated: the key slab,
+    /// key strings, windows and their accumulators, pane sketches, the key and device
+    /// indexes and the device clocks.
     pub fn state_bytes(&self) -> usize {
-        let keys: usize = self
+        let heap: usize = self
             .state
             .keys
             .iter()
             .flatten()
             .map(|k| {
-                std::mem::size_of::<KeyState>()
-                    + k.key.device.capacity()
+                k.key.device.capacity()
                     + k.key.metric.capacity()
                     + k.windows.capacity() * std::mem::size_of::<Win>()
                     + k.windows
                         .iter()
                         .map(|w| w.acc.bytes() - std::mem::size_of::<Acc>())
                         .sum::<usize>()
+                    + k.panes.capacity() * std::mem::size_of::<Pane>()
+                    + k.panes
+                        .iter()
+                        .map(|p| p.sketch.bytes() - std::mem::size_of::<Sketch>())
+                        .sum::<usize>()
             })
             .sum();
-        keys + self.state.keys.capacity() * std::mem::size_of::<Option<KeyState>>()
-            + self.key_index.capacity() * (std::mem::size_of::<SeriesKey>() + 8)
+        heap + self.state.keys.capacity() * std::mem::size_of::<Option<KeyState>>()
+            + self.state.free.capacity() * 4
+            + table_bytes(&self.key_index)
+            + table_bytes(&self.device_index)
+            + self
+                .device_index
+                .keys()
+                .map(String::capacity)
+                .sum::<usize>()
+            + self.state.clocks.bytes()
+            + self.merged.bytes()
+            + self.spare.capacity() * std::mem::size_of::<Sketch>()
+            + self
+                .spare
+                .iter()
+                .map(|s| s.bytes() - std::mem::size_of::<Sketch>())
+                .sum::<usize>()
+            + self
+                .device_keys
+                .iter()
+                .map(|d| d.keys.capacity() * 4)
+                .sum::<usize>()
+            + self.device_keys.capacity() * std::mem::size_of::<DeviceKeys>()
+    }
+
+    /// Windows held over all keys (open, and closed ones kept for late data).
+    pub fn open_windows(&self) -> usize {
+        self.state
+            .keys
+            .iter()
+            .flatten()
+            .map(|k| k.windows.len())
+            .sum()
     }
 
     /// Feeds one reading; `arrival_ms` is the agent clock when it arrived.
@@ -406,6 +473,9 @@ impl Job {
         };
         self.key_index.insert(key, id);
         self.live_keys += 1;
+        if let Some(d) = device {
+            self.device_keys_mut(d).keys.push(id);
+        }
         Some(id)
     }
 
@@ -431,16 +501,11 @@ impl Job {
                 };
                 if let Some(rev) = rev {
                     if !matches!(self.window, WindowSpec::Count { .. }) {
-                        let sk = pane_sketch(&k.panes, w.start, w.end);
-                        results.push(self.aggs.finish(
-                            &w.acc,
-                            sk.as_deref(),
-                            &self.name,
-                            &k.key,
-                            w.start,
-                            w.end,
-                            rev,
-                        ));
+                        let sk = pane_sketch(&k.panes, w.start, w.end, &mut self.merged);
+                        results.push(
+                            self.aggs
+                                .finish(&w.acc, sk, &self.name, &k.key, w.start, w.end, rev),
+                        );
                     }
                 }
             }
@@ -451,9 +516,32 @@ impl Job {
         self.remove_key(id);
     }
 
+    fn device_keys_mut(&mut self, device: u32) -> &mut DeviceKeys {
+        let i = device as usize;
+        if self.device_keys.len() <= i {
+            self.device_keys.resize(
+                i + 1,
+                DeviceKeys {
+                    keys: Vec::new(),
+                    deadline: i64::MAX,
+                },
+            );
+        }
+        &mut self.device_keys[i]
+    }
+
     fn remove_key(&mut self, id: u32) {
         if let Some(k) = self.state.keys[id as usize].take() {
             self.key_index.remove(&k.key);
+            if let Some(d) = k.device {
+                let dk = self.device_keys_mut(d);
+                if let Some(i) = dk.keys.iter().position(|&x| x == id) {
+                    dk.keys.swap_remove(i);
+                }
+                if dk.keys.is_empty() {
+                    dk.deadline = i64::MAX;
+                }
+            }
             if let Some(d) = k.device.and_then(|d| self.state.clocks.get_mut(d)) {
                 d.refs = d.refs.saturating_sub(1);
             }
@@ -498,6 +586,7 @@ impl Job {
         let immediate = self.late.policy == LatePolicy::AllowedLateness;
         let accepts = |end: i64| !(end <= wm && !(keeps_late && end.saturating_add(lateness) > wm));
         let panes = aggs.has_sketch();
+        let merged = &mut self.merged;
         // Time windows: the reading's pane sketch first (re-emits below read it). The
         // window containing it with the latest end decides whether any takes it.
         let pane_and_last_end = match self.window {
@@ -518,13 +607,8 @@ impl Job {
                 let i = match k.panes.binary_search_by_key(&start, |p| p.start) {
                     Ok(i) => i,
                     Err(i) => {
-                        k.panes.insert(
-                            i,
-                            Pane {
-                                start,
-                                sketch: Sketch::new(),
-                            },
-                        );
+                        let sketch = self.spare.pop().unwrap_or_default();
+                        k.panes.insert(i, Pane { start, sketch });
                         i
                     }
                 };
@@ -544,10 +628,10 @@ impl Job {
                     if let Some(rev) = w.emitted {
                         if immediate {
                             w.emitted = Some(rev + 1);
-                            let sk = pane_sketch(&k.panes, w.start, w.end);
+                            let sk = pane_sketch(&k.panes, w.start, w.end, merged);
                             revised.push(aggs.finish(
                                 &w.acc,
-                                sk.as_deref(),
+                                sk,
                                 &self.name,
                                 &k.key,
                                 w.start,
@@ -688,6 +772,9 @@ impl Job {
             }
         }
         self.min_deadline = self.min_deadline.min(k.deadline);
+        if let (true, Some(dk)) = (per_device, self.device_keys.get_mut(device as usize)) {
+            dk.deadline = dk.deadline.min(k.deadline);
+        }
         // A key that holds nothing (its only reading was late) goes now, not at the
         // next close pass, so passes skipped or not leave the same state.
         let empty = k.windows.is_empty() && !matches!(self.window, WindowSpec::Count { .. });
@@ -757,77 +844,62 @@ impl Job {
             global
         };
         if self.min_deadline > highest {
-            // Nothing can be due: skip the pass over every key.
+            // Nothing can be due: skip the pass.
             return;
         }
+        let mut closer = Closer {
+            aggs: &self.aggs,
+            name: &self.name,
+            lateness,
+            merged: &mut self.merged,
+            spare: &mut self.spare,
+            results: Vec::new(),
+        };
         let mut min_deadline = i64::MAX;
-        let mut results = Vec::new();
         let mut emptied = Vec::new();
-        for (id, slot) in self.state.keys.iter_mut().enumerate() {
-            let Some(k) = slot else { continue };
-            let wm = match (per_device, k.device) {
-                (true, Some(d)) => self.state.clocks.device_ms(d),
-                _ => global,
-            };
-            if k.deadline > wm {
-                min_deadline = min_deadline.min(k.deadline);
-                continue;
-            }
-            let (panes, key) = (&k.panes, &k.key);
-            k.windows.retain_mut(|w| {
-                if w.emitted.is_none() && w.end <= wm {
-                    let sk = pane_sketch(panes, w.start, w.end);
-                    results.push(self.aggs.finish(
-                        &w.acc,
-                        sk.as_deref(),
-                        &self.name,
-                        key,
-                        w.start,
-                        w.end,
-                        0,
-                    ));
-                    w.emitted = Some(0);
-                    w.dirty = false;
+        if per_device {
+            for (d, dk) in self.device_keys.iter_mut().enumerate() {
+                let wm = self.state.clocks.device_ms(d as u32);
+                if dk.deadline > wm {
+                    min_deadline = min_deadline.min(dk.deadline);
+                    continue;
                 }
-                if w.end.saturating_add(lateness) <= wm {
-                    if w.dirty {
-                        let rev = w.emitted.map_or(0, |r| r + 1);
-                        let sk = pane_sketch(panes, w.start, w.end);
-                        results.push(self.aggs.finish(
-                            &w.acc,
-                            sk.as_deref(),
-                            &self.name,
-                            key,
-                            w.start,
-                            w.end,
-                            rev,
-                        ));
+                let mut next = i64::MAX;
+                for &id in &dk.keys {
+                    let Some(k) = &mut self.state.keys[id as usize] else {
+                        continue;
+                    };
+                    if k.deadline <= wm {
+                        closer.close(k, wm);
+                        if k.windows.is_empty() {
+                            emptied.push(id);
+                        }
                     }
-                    return false;
+                    next = next.min(k.deadline);
                 }
-                true
-            });
-            // Panes before the first remaining window serve no window any more.
-            let first = k.windows.first().map_or(i64::MAX, |w| w.start);
-            let dead = k.panes.partition_point(|p| p.start < first);
-            k.panes.drain(..dead);
-            k.deadline = k
-                .windows
-                .iter()
-                .map(|w| deadline(w, lateness))
-                .min()
-                .unwrap_or(i64::MAX);
-            min_deadline = min_deadline.min(k.deadline);
-            if k.windows.is_empty() {
-                emptied.push(id as u32);
+                dk.deadline = next;
+                min_deadline = min_deadline.min(next);
+            }
+        } else {
+            for (id, slot) in self.state.keys.iter_mut().enumerate() {
+                let Some(k) = slot else { continue };
+                if k.deadline <= global {
+                    closer.close(k, global);
+                    if k.windows.is_empty() {
+                        emptied.push(id as u32);
+                    }
+                }
+                min_deadline = min_deadline.min(k.deadline);
             }
         }
+        let mut results = closer.results;
         self.min_deadline = min_deadline;
         for id in emptied {
             self.remove_key(id);
         }
 
-        results.sort_by(|a, b| {
+        // Unique per result (a window is emitted once per revision): unstable is stable.
+        results.sort_unstable_by(|a, b| {
             (a.end_ms, a.start_ms, &a.series, a.revision)
                 .cmp(&(b.end_ms, b.start_ms, &b.series, b.revision))
         });
@@ -855,6 +927,19 @@ impl Job {
             .collect();
         self.live_keys = self.key_index.len();
         self.min_deadline = i64::MIN;
+        self.device_keys.clear();
+        for (id, k) in state.keys.iter().enumerate() {
+            if let Some(KeyState {
+                device: Some(d),
+                deadline,
+                ..
+            }) = k
+            {
+                let dk = self.device_keys_mut(*d);
+                dk.keys.push(id as u32);
+                dk.deadline = dk.deadline.min(*deadline);
+            }
+        }
         self.state = state;
     }
 
@@ -867,6 +952,74 @@ impl Job {
         };
         format!("{:?}|{key}|{:?}", self.window, self.aggs)
     }
+}
+
+/// Closes and retires the due windows of keys during one close pass.
+struct Closer<'a> {
+    aggs: &'a AggSpec,
+    name: &'a str,
+    lateness: i64,
+    merged: &'a mut Sketch,
+    spare: &'a mut Vec<Sketch>,
+    results: Vec<WindowResult>,
+}
+
+impl Closer<'_> {
+    /// Emits the windows of `k` that end by `wm`, retires those past their allowed
+    /// lateness (re-emitting a dirty one), drops panes no window needs, and
+    /// recomputes the key's deadline.
+    fn close(&mut self, k: &mut KeyState, wm: i64) {
+        let (panes, key) = (&k.panes, &k.key);
+        let lateness = self.lateness;
+        k.windows.retain_mut(|w| {
+            if w.emitted.is_none() && w.end <= wm {
+                let sk = pane_sketch(panes, w.start, w.end, self.merged);
+                self.results.push(
+                    self.aggs
+                        .finish(&w.acc, sk, self.name, key, w.start, w.end, 0),
+                );
+                w.emitted = Some(0);
+                w.dirty = false;
+            }
+            if w.end.saturating_add(lateness) <= wm {
+                if w.dirty {
+                    let rev = w.emitted.map_or(0, |r| r + 1);
+                    let sk = pane_sketch(panes, w.start, w.end, self.merged);
+                    self.results.push(
+                        self.aggs
+                            .finish(&w.acc, sk, self.name, key, w.start, w.end, rev),
+                    );
+                }
+                return false;
+            }
+            true
+        });
+        // Panes before the first remaining window serve no window any more.
+        let first = k.windows.first().map_or(i64::MAX, |w| w.start);
+        let dead = k.panes.partition_point(|p| p.start < first);
+        for mut p in k.panes.drain(..dead) {
+            if self.spare.len() < SPARE_SKETCHES {
+                p.sketch.clear();
+                self.spare.push(p.sketch);
+            }
+        }
+        k.deadline = k
+            .windows
+            .iter()
+            .map(|w| deadline(w, lateness))
+            .min()
+            .unwrap_or(i64::MAX);
+    }
+}
+
+/// Bytes of a hash map's table: hashbrown keeps `buckets ≥ capacity · 8/7` (a power of
+/// two) entries plus one control byte per bucket and a group of 16.
+fn table_bytes<K, V, S>(m: &HashMap<K, V, S>) -> usize {
+    if m.capacity() == 0 {
+        return 0;
+    }
+    let buckets = (m.capacity() * 8 / 7).next_power_of_two();
+    buckets * (std::mem::size_of::<(K, V)>() + 1) + 16
 }
 
 fn deadline(w: &Win, lateness: i64) -> i64 {

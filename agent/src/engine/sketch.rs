@@ -46,9 +46,8 @@ impl Store {
                 self.counts[lowest] = self.counts[lowest].saturating_add(n);
                 return;
             }
-            let mut counts = vec![0; grow];
-            counts.append(&mut self.counts);
-            self.counts = counts;
+            // In place: a pane sketch reused from the pool already has the room.
+            self.counts.splice(0..0, std::iter::repeat_n(0, grow));
             self.offset = index;
         }
         let pos = (index - self.offset) as usize;
@@ -112,6 +111,17 @@ impl Sketch {
         } else {
             self.zero += 1;
         }
+    }
+
+    /// Empties the sketch, keeping its buckets' memory for reuse.
+    /// Equal to [`Sketch::new`] afterwards.
+    pub fn clear(&mut self) {
+        for store in [&mut self.pos, &mut self.neg] {
+            store.counts.clear();
+            store.offset = 0;
+        }
+        self.zero = 0;
+        self.count = 0;
     }
 
     pub fn merge(&mut self, other: &Sketch) {
