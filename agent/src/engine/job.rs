@@ -8,6 +8,8 @@
 //! **Invariant**: no IO and no clock reads; same inputs, same outputs.
 
 use std::collections::HashMap;
+
+use hashbrown::HashTable;
 use std::sync::Arc;
 
 use fieldline_common::config::pipeline::{
@@ -151,11 +153,17 @@ pub struct Job {
     pub(crate) max_series: usize,
     pub(crate) overflow: SeriesOverflow,
     state: JobState,
-    key_index: HashMap<SeriesKey, u32, ahash::RandomState>,
+    /// Key → slab id. The table holds only ids (4 bytes a bucket, so it stays in
+    /// cache for 10,000s of keys); equality is checked on the slab entry, which the
+    /// reading touches next anyway.
+    key_index: HashTable<u32>,
+    hasher: ahash::RandomState,
     device_index: HashMap<String, u32, ahash::RandomState>,
     live_keys: usize,
     /// No key has a window due before this (derived; `i64::MIN` forces a pass).
     min_deadline: i64,
+    /// Pane length of time windows with quantiles: `gcd(size, slide)`.
+    pane_ms: i64,
     /// Per device clock (by id): its keys and their earliest deadline (derived from
     /// the slab, rebuilt on restore). Per-device keys close on their device's
     /// watermark, so a close pass visits the devices whose watermark passed that
@@ -222,10 +230,16 @@ impl Job {
             max_series: fieldline_common::config::pipeline::DEFAULT_MAX_SERIES,
             overflow: SeriesOverflow::DropNew,
             state: JobState::default(),
-            key_index: HashMap::default(),
+            key_index: HashTable::new(),
+            hasher: ahash::RandomState::new(),
             device_index: HashMap::default(),
             live_keys: 0,
             min_deadline: i64::MIN,
+            pane_ms: match window {
+                WindowSpec::Tumbling { size_ms } => size_ms,
+                WindowSpec::Sliding { size_ms, slide_ms } => gcd(size_ms, slide_ms),
+                WindowSpec::Session { .. } | WindowSpec::Count { .. } => 0,
+            },
             device_keys: Vec::new(),
             merged: Sketch::new(),
             spare: Vec::new(),
@@ -314,8 +328,8 @@ impl Job {
             .sum();
         heap + self.state.keys.capacity() * std::mem::size_of::<Option<KeyState>>()
             + self.state.free.capacity() * 4
-            + table_bytes(&self.key_index)
-            + table_bytes(&self.device_index)
+            + table_bytes::<u32>(self.key_index.capacity())
+            + table_bytes::<(String, u32)>(self.device_index.capacity())
             + self
                 .device_index
                 .keys()
@@ -431,7 +445,12 @@ impl Job {
     fn slot(&mut self, r: &Reading, out: &mut Vec<RecordBody>) -> Option<u32> {
         let owned = self.key_of(r);
         let key = owned.as_ref().unwrap_or(&r.series);
-        if let Some(id) = self.key_index.get(key) {
+        let hash = self.hasher.hash_one(key);
+        let keys = &self.state.keys;
+        let found = self.key_index.find(hash, |&id| {
+            keys[id as usize].as_ref().is_some_and(|k| k.key == *key)
+        });
+        if let Some(id) = found {
             return Some(*id);
         }
         if self.live_keys >= self.max_series {
@@ -471,7 +490,12 @@ impl Job {
                 (self.state.keys.len() - 1) as u32
             }
         };
-        self.key_index.insert(key, id);
+        let (keys, hasher) = (&self.state.keys, &self.hasher);
+        self.key_index.insert_unique(hash, id, |&id| {
+            keys[id as usize]
+                .as_ref()
+                .map_or(0, |k| hasher.hash_one(&k.key))
+        });
         self.live_keys += 1;
         if let Some(d) = device {
             self.device_keys_mut(d).keys.push(id);
@@ -532,7 +556,12 @@ impl Job {
 
     fn remove_key(&mut self, id: u32) {
         if let Some(k) = self.state.keys[id as usize].take() {
-            self.key_index.remove(&k.key);
+            if let Ok(entry) = self
+                .key_index
+                .find_entry(self.hasher.hash_one(&k.key), |&x| x == id)
+            {
+                entry.remove();
+            }
             if let Some(d) = k.device {
                 let dk = self.device_keys_mut(d);
                 if let Some(i) = dk.keys.iter().position(|&x| x == id) {
@@ -589,21 +618,25 @@ impl Job {
         let merged = &mut self.merged;
         // Time windows: the reading's pane sketch first (re-emits below read it). The
         // window containing it with the latest end decides whether any takes it.
-        let pane_and_last_end = match self.window {
+        // The latest window start: one division per reading, the panes and the other
+        // windows derive from it (a pane is the slide when the slide divides the size).
+        let latest = match self.window {
             WindowSpec::Tumbling { size_ms } => {
-                Some((size_ms, tumbling::assign(r.ts_ms, size_ms).1))
+                Some((tumbling::assign(r.ts_ms, size_ms).0, size_ms))
             }
-            WindowSpec::Sliding { size_ms, slide_ms } => Some((
-                gcd(size_ms, slide_ms),
-                tumbling::assign(r.ts_ms, slide_ms)
-                    .0
-                    .saturating_add(size_ms),
-            )),
+            WindowSpec::Sliding { size_ms, slide_ms } => {
+                Some((tumbling::assign(r.ts_ms, slide_ms).0, size_ms))
+            }
             WindowSpec::Session { .. } | WindowSpec::Count { .. } => None,
         };
-        if let Some((pane_ms, last_end)) = pane_and_last_end {
-            if panes && accepts(last_end) {
-                let start = tumbling::assign(r.ts_ms, pane_ms).0;
+        if let Some((latest_start, size_ms)) = latest {
+            if panes && accepts(latest_start.saturating_add(size_ms)) {
+                let start = match self.window {
+                    WindowSpec::Sliding { slide_ms, .. } if self.pane_ms != slide_ms => {
+                        tumbling::assign(r.ts_ms, self.pane_ms).0
+                    }
+                    _ => latest_start,
+                };
                 let i = match k.panes.binary_search_by_key(&start, |p| p.start) {
                     Ok(i) => i,
                     Err(i) => {
@@ -662,11 +695,12 @@ impl Job {
         };
         match self.window {
             WindowSpec::Tumbling { size_ms } => {
-                let (s, e) = tumbling::assign(r.ts_ms, size_ms);
-                time_window(k, s, e);
+                let s = latest.map_or(0, |l| l.0);
+                time_window(k, s, s.saturating_add(size_ms));
             }
             WindowSpec::Sliding { size_ms, slide_ms } => {
-                sliding::assign(r.ts_ms, size_ms, slide_ms, |s, e| time_window(k, s, e));
+                let s = latest.map_or(0, |l| l.0);
+                sliding::assign_from(s, r.ts_ms, size_ms, slide_ms, |s, e| time_window(k, s, e));
             }
             WindowSpec::Session { gap_ms } => {
                 let (s, e) = session::span(r.ts_ms, gap_ms);
@@ -914,12 +948,15 @@ impl Job {
 
     /// Replaces the job's state with a checkpointed one.
     pub fn restore_state(&mut self, state: JobState) {
-        self.key_index = state
-            .keys
-            .iter()
-            .enumerate()
-            .filter_map(|(i, k)| k.as_ref().map(|k| (k.key.clone(), i as u32)))
-            .collect();
+        self.key_index.clear();
+        let hasher = &self.hasher;
+        let hash = |k: &Option<KeyState>| k.as_ref().map_or(0, |k| hasher.hash_one(&k.key));
+        for (id, k) in state.keys.iter().enumerate() {
+            if k.is_some() {
+                self.key_index
+                    .insert_unique(hash(k), id as u32, |&i| hash(&state.keys[i as usize]));
+            }
+        }
         self.device_index = state
             .clocks
             .names()
@@ -1014,12 +1051,12 @@ impl Closer<'_> {
 
 /// Bytes of a hash map's table: hashbrown keeps `buckets ≥ capacity · 8/7` (a power of
 /// two) entries plus one control byte per bucket and a group of 16.
-fn table_bytes<K, V, S>(m: &HashMap<K, V, S>) -> usize {
-    if m.capacity() == 0 {
+fn table_bytes<T>(capacity: usize) -> usize {
+    if capacity == 0 {
         return 0;
     }
-    let buckets = (m.capacity() * 8 / 7).next_power_of_two();
-    buckets * (std::mem::size_of::<(K, V)>() + 1) + 16
+    let buckets = (capacity * 8 / 7).next_power_of_two();
+    buckets * (std::mem::size_of::<T>() + 1) + 16
 }
 
 fn deadline(w: &Win, lateness: i64) -> i64 {

@@ -47,7 +47,10 @@ impl Store {
                 return;
             }
             // In place: a pane sketch reused from the pool already has the room.
-            self.counts.splice(0..0, std::iter::repeat_n(0, grow));
+            let len = self.counts.len();
+            self.counts.resize(len + grow, 0);
+            self.counts.copy_within(..len, grow);
+            self.counts[..grow].fill(0);
             self.offset = index;
         }
         let pos = (index - self.offset) as usize;
@@ -163,6 +166,64 @@ impl Sketch {
         None
     }
 
+    /// [`Sketch::quantile`] of every `qs[i]` into `out[i]` (as many as both hold), in
+    /// one walk over the buckets instead of one per quantile.
+    pub fn quantiles(&self, qs: &[f64], out: &mut [Option<f64>]) {
+        let n = qs.len().min(out.len());
+        out[..n].fill(None);
+        if self.count == 0 {
+            return;
+        }
+        // (rank, position) of the valid quantiles, ascending by rank.
+        let mut wanted: Vec<(u64, usize)> = Vec::new();
+        let mut small = [(0u64, 0usize); 16];
+        let ranks: &mut [(u64, usize)] = if n <= small.len() {
+            let mut k = 0;
+            for (i, q) in qs[..n].iter().enumerate() {
+                if (0.0..=1.0).contains(q) {
+                    small[k] = (rank(*q, self.count), i);
+                    k += 1;
+                }
+            }
+            &mut small[..k]
+        } else {
+            wanted.extend(
+                qs[..n]
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, q)| (0.0..=1.0).contains(*q))
+                    .map(|(i, q)| (rank(*q, self.count), i)),
+            );
+            &mut wanted
+        };
+        ranks.sort_unstable();
+        let mut next = 0;
+        let mut seen = 0u64;
+        let mut take = |seen: u64, value: &dyn Fn() -> f64, next: &mut usize| {
+            while *next < ranks.len() && seen > ranks[*next].0 {
+                out[ranks[*next].1] = Some(value());
+                *next += 1;
+            }
+        };
+        for (i, c) in self.neg.counts.iter().enumerate().rev() {
+            seen += u64::from(*c);
+            take(
+                seen,
+                &|| -Self::value(self.neg.offset + i as i32),
+                &mut next,
+            );
+        }
+        seen += self.zero;
+        take(seen, &|| 0.0, &mut next);
+        for (i, c) in self.pos.counts.iter().enumerate() {
+            if next == ranks.len() {
+                return;
+            }
+            seen += u64::from(*c);
+            take(seen, &|| Self::value(self.pos.offset + i as i32), &mut next);
+        }
+    }
+
     /// Heap and inline bytes this sketch holds.
     pub fn bytes(&self) -> usize {
         std::mem::size_of::<Self>() + self.pos.bytes() + self.neg.bytes()
@@ -245,6 +306,13 @@ mod tests {
             values[cut..].iter().for_each(|v| b.add(*v));
             a.merge(&b);
             prop_assert_eq!(&a, &whole);
+
+            let qs = [q, 0.5, 0.0, 1.0, 0.99, -1.0, q / 2.0];
+            let mut all = [None; 7];
+            whole.quantiles(&qs, &mut all);
+            for (q, got) in qs.iter().zip(all) {
+                prop_assert_eq!(got, whole.quantile(*q), "one walk for all agrees with one per quantile");
+            }
 
             let got = whole.quantile(q).unwrap();
             let tolerance = RELATIVE_ACCURACY * want.abs() + MIN_INDEXABLE;
