@@ -173,7 +173,7 @@ impl AggSpec {
         let n = acc.count as f64;
         let sketch = panes.or(acc.sketch.as_deref());
         // The first quantiles in one walk over the sketch; more than that one each.
-        let mut quantiles = [None; 8];
+        let mut quantiles = [None; super::sketch::MAX_QUANTILES_PER_WALK];
         if let Some(s) = sketch {
             s.quantiles(&self.quantiles, &mut quantiles);
         }

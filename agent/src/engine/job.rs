@@ -96,6 +96,17 @@ struct KeyState {
     deadline: i64,
 }
 
+impl KeyState {
+    /// The earliest watermark at which one of the windows closes or retires.
+    fn next_deadline(&self, lateness: i64) -> i64 {
+        self.windows
+            .iter()
+            .map(|w| deadline(w, lateness))
+            .min()
+            .unwrap_or(i64::MAX)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Pane {
     start: i64,
@@ -171,16 +182,15 @@ pub struct Job {
     device_keys: Vec<DeviceKeys>,
     /// Window quantiles merge their panes into this, reused between windows.
     merged: Sketch,
-    /// Emptied sketches of retired panes, reused by new panes so that steady state
-    /// allocates no sketch memory (at most [`SPARE_SKETCHES`]).
-    spare: Vec<Sketch>,
+    /// Results of a close pass, sorted before they go out; kept between passes so a
+    /// pass that closes thousands of windows does not allocate (and free) its list.
+    closed: Vec<WindowResult>,
     stats: JobStats,
     scratch: Vec<Reading>,
 }
 
-/// Retired pane sketches kept for reuse: enough for every pane of 10,000 keys that
-/// retires in one close pass.
-const SPARE_SKETCHES: usize = 16_384;
+/// Capacity of the close-pass result list kept between passes (~600 KB at most).
+const MAX_KEPT_RESULTS: usize = 4096;
 
 #[derive(Debug, Clone, Default)]
 struct DeviceKeys {
@@ -242,7 +252,7 @@ impl Job {
             },
             device_keys: Vec::new(),
             merged: Sketch::new(),
-            spare: Vec::new(),
+            closed: Vec::new(),
             stats: JobStats::default(),
             scratch: Vec::new(),
         }
@@ -337,18 +347,13 @@ impl Job {
                 .sum::<usize>()
             + self.state.clocks.bytes()
             + self.merged.bytes()
-            + self.spare.capacity() * std::mem::size_of::<Sketch>()
-            + self
-                .spare
-                .iter()
-                .map(|s| s.bytes() - std::mem::size_of::<Sketch>())
-                .sum::<usize>()
             + self
                 .device_keys
                 .iter()
                 .map(|d| d.keys.capacity() * 4)
                 .sum::<usize>()
             + self.device_keys.capacity() * std::mem::size_of::<DeviceKeys>()
+            + self.closed.capacity() * std::mem::size_of::<WindowResult>()
     }
 
     /// Windows held over all keys (open, and closed ones kept for late data).
@@ -640,7 +645,13 @@ impl Job {
                 let i = match k.panes.binary_search_by_key(&start, |p| p.start) {
                     Ok(i) => i,
                     Err(i) => {
-                        let sketch = self.spare.pop().unwrap_or_default();
+                        // Sized like its neighbour: one allocation per pane
+                        // instead of one per bucket range it grows into.
+                        let sketch = k
+                            .panes
+                            .get(i.wrapping_sub(1))
+                            .or(k.panes.get(i))
+                            .map_or_else(Sketch::new, |p| p.sketch.empty_like());
                         k.panes.insert(i, Pane { start, sketch });
                         i
                     }
@@ -777,12 +788,7 @@ impl Job {
                             dirty: false,
                         },
                     );
-                    k.deadline = k
-                        .windows
-                        .iter()
-                        .map(|w| deadline(w, lateness))
-                        .min()
-                        .unwrap_or(i64::MAX);
+                    k.deadline = k.next_deadline(lateness);
                 }
             }
             WindowSpec::Count { count } => {
@@ -886,8 +892,7 @@ impl Job {
             name: &self.name,
             lateness,
             merged: &mut self.merged,
-            spare: &mut self.spare,
-            results: Vec::new(),
+            results: std::mem::take(&mut self.closed),
         };
         let mut min_deadline = i64::MAX;
         let mut emptied = Vec::new();
@@ -938,7 +943,11 @@ impl Job {
                 .cmp(&(b.end_ms, b.start_ms, &b.series, b.revision))
         });
         self.stats.windows_emitted += results.len() as u64;
-        out.extend(results.into_iter().map(RecordBody::Window));
+        out.extend(results.drain(..).map(RecordBody::Window));
+        // A flush closes everything at once: that list is not worth keeping.
+        if results.capacity() <= MAX_KEPT_RESULTS {
+            self.closed = results;
+        }
     }
 
     /// The job's state for a checkpoint (configuration is not included).
@@ -997,7 +1006,6 @@ struct Closer<'a> {
     name: &'a str,
     lateness: i64,
     merged: &'a mut Sketch,
-    spare: &'a mut Vec<Sketch>,
     results: Vec<WindowResult>,
 }
 
@@ -1034,18 +1042,8 @@ impl Closer<'_> {
         // Panes before the first remaining window serve no window any more.
         let first = k.windows.first().map_or(i64::MAX, |w| w.start);
         let dead = k.panes.partition_point(|p| p.start < first);
-        for mut p in k.panes.drain(..dead) {
-            if self.spare.len() < SPARE_SKETCHES {
-                p.sketch.clear();
-                self.spare.push(p.sketch);
-            }
-        }
-        k.deadline = k
-            .windows
-            .iter()
-            .map(|w| deadline(w, lateness))
-            .min()
-            .unwrap_or(i64::MAX);
+        k.panes.drain(..dead);
+        k.deadline = k.next_deadline(lateness);
     }
 }
 
