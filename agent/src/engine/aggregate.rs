@@ -8,7 +8,7 @@
 //! Bytes per open window per key: 136 (the window: bounds, revision, flags and this
 //! 104-byte accumulator). Quantile sketches (80 + 4 per log bucket) live per pane for
 //! time windows (see `job.rs`) and in the accumulator for session and count windows.
-//! See `docs/ARCHITECTURE.md` for the budget.
+//! See `docs/ARCHITECTURE.md` for the measured budget per series.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
