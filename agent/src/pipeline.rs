@@ -212,14 +212,19 @@ impl Pipeline {
     fn report(&mut self) {
         let now = self.stats();
         let c = &self.counters;
-        c.add(
-            &c.late_dropped,
-            now.late_dropped - self.reported.late_dropped,
-        );
-        c.add(
-            &c.windows_emitted,
-            now.windows_emitted - self.reported.windows_emitted,
-        );
+        // Called per reading: skip the atomic adds (shared cache lines) when unchanged.
+        if now.late_dropped != self.reported.late_dropped {
+            c.add(
+                &c.late_dropped,
+                now.late_dropped - self.reported.late_dropped,
+            );
+        }
+        if now.windows_emitted != self.reported.windows_emitted {
+            c.add(
+                &c.windows_emitted,
+                now.windows_emitted - self.reported.windows_emitted,
+            );
+        }
         self.reported = now;
         let now = self.detector_totals();
         let (seen_a, seen_r) = self.reported_detectors;

@@ -85,7 +85,7 @@ impl TopicTemplate {
             topic: topic.to_string(),
             template: self.source.clone(),
         };
-        let mut levels = topic.split('/');
+        let mut levels = levels(topic);
         let (mut device, mut metric) = ("", "");
         for seg in &self.segments {
             let level = levels.next().ok_or_else(no_match)?;
@@ -104,6 +104,26 @@ impl TopicTemplate {
         }
         Ok(SeriesKey::new(device, metric))
     }
+}
+
+/// `topic.split('/')` on bytes: once per message on the decode path, where the
+/// char searcher cost more than the rest of topic matching. `/` is ASCII, so every
+/// piece is still a `str`.
+fn levels(topic: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(topic);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match r.bytes().position(|b| b == b'/') {
+            Some(i) => {
+                rest = Some(&r[i + 1..]);
+                Some(&r[..i])
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
 }
 
 #[cfg(test)]
@@ -137,6 +157,26 @@ mod tests {
             "berlin/rh/d7",
             Some(("d7", "rh")),
         );
+    }
+
+    #[test]
+    fn levels_split_like_str_split() {
+        for topic in [
+            "",
+            "/",
+            "a",
+            "a/",
+            "/a",
+            "a//b",
+            "sensors/dev1/temp",
+            "ü/€/x",
+        ] {
+            assert_eq!(
+                levels(topic).collect::<Vec<_>>(),
+                topic.split('/').collect::<Vec<_>>(),
+                "{topic:?}"
+            );
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! Bytes per open window per key: 136 (the window: bounds, revision, flags and this
 //! 104-byte accumulator). Quantile sketches (80 + 4 per log bucket) live per pane for
 //! time windows (see `job.rs`) and in the accumulator for session and count windows.
-//! See `docs/ARCHITECTURE.md` for the budget.
+//! See `docs/ARCHITECTURE.md` for the measured budget per series.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,6 +26,8 @@ pub type ReduceFn = Arc<dyn Fn(f64, f64) -> f64 + Send + Sync>;
 #[derive(Clone)]
 pub struct AggSpec {
     extra: Vec<(String, Aggregate)>,
+    /// The quantiles among `extra`, in order.
+    quantiles: Vec<f64>,
     sketch: bool,
     pub(crate) reduce: Option<ReduceFn>,
 }
@@ -54,6 +56,14 @@ impl AggSpec {
                 .filter(|a| !core.contains(a))
                 .map(|a| (a.name(), *a))
                 .collect(),
+            quantiles: aggs
+                .iter()
+                .filter(|a| !core.contains(a))
+                .filter_map(|a| match a {
+                    Aggregate::Quantile(q) => Some(*q),
+                    _ => None,
+                })
+                .collect(),
             sketch: aggs.iter().any(|a| matches!(a, Aggregate::Quantile(_))),
             reduce: None,
         }
@@ -72,12 +82,6 @@ impl AggSpec {
     /// An accumulator whose quantiles come from elsewhere (time windows keep one
     /// sketch per pane, shared by the overlapping windows).
     pub(crate) fn new_acc_without_sketch(&self) -> Acc {
-        let mut acc = self.new_acc();
-        acc.sketch = None;
-        acc
-    }
-
-    pub(crate) fn new_acc(&self) -> Acc {
         Acc {
             count: 0,
             sum: 0.0,
@@ -88,7 +92,14 @@ impl AggSpec {
             first: (i64::MAX, 0.0),
             last: (i64::MIN, 0.0),
             reduced: None,
+            sketch: None,
+        }
+    }
+
+    pub(crate) fn new_acc(&self) -> Acc {
+        Acc {
             sketch: self.sketch.then(Box::default),
+            ..self.new_acc_without_sketch()
         }
     }
 
@@ -160,6 +171,13 @@ impl AggSpec {
     ) -> WindowResult {
         let mut aggregates = BTreeMap::new();
         let n = acc.count as f64;
+        let sketch = panes.or(acc.sketch.as_deref());
+        // The first quantiles in one walk over the sketch; more than that one each.
+        let mut quantiles = [None; super::sketch::MAX_QUANTILES_PER_WALK];
+        if let Some(s) = sketch {
+            s.quantiles(&self.quantiles, &mut quantiles);
+        }
+        let mut nth_quantile = 0;
         for (name, agg) in &self.extra {
             let v = match agg {
                 Aggregate::Variance => Some(acc.m2.max(0.0) / n),
@@ -170,10 +188,15 @@ impl AggSpec {
                     (acc.last.1 - acc.first.1) / ((acc.last.0 - acc.first.0) as f64 / 1000.0)
                 }),
                 // Within the sketch's error and never outside what was seen.
-                Aggregate::Quantile(q) => panes
-                    .or(acc.sketch.as_deref())
-                    .and_then(|s| s.quantile(*q))
-                    .map(|v| v.clamp(acc.min, acc.max)),
+                Aggregate::Quantile(q) => {
+                    let i = nth_quantile;
+                    nth_quantile += 1;
+                    match quantiles.get(i) {
+                        Some(v) => *v,
+                        None => sketch.and_then(|s| s.quantile(*q)),
+                    }
+                    .map(|v| v.clamp(acc.min, acc.max))
+                }
                 Aggregate::Count
                 | Aggregate::Sum
                 | Aggregate::Mean

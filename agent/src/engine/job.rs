@@ -8,6 +8,8 @@
 //! **Invariant**: no IO and no clock reads; same inputs, same outputs.
 
 use std::collections::HashMap;
+
+use hashbrown::HashTable;
 use std::sync::Arc;
 
 use fieldline_common::config::pipeline::{
@@ -94,25 +96,42 @@ struct KeyState {
     deadline: i64,
 }
 
+impl KeyState {
+    /// The earliest watermark at which one of the windows closes or retires.
+    fn next_deadline(&self, lateness: i64) -> i64 {
+        self.windows
+            .iter()
+            .map(|w| deadline(w, lateness))
+            .min()
+            .unwrap_or(i64::MAX)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Pane {
     start: i64,
     sketch: Sketch,
 }
 
-/// The sketch of the window `[start, end)`: its panes merged.
-fn pane_sketch(panes: &[Pane], start: i64, end: i64) -> Option<std::borrow::Cow<'_, Sketch>> {
+/// The sketch of the window `[start, end)`: its one pane, or its panes merged into
+/// `scratch` (reused, so emitting a sliding window allocates no sketch).
+fn pane_sketch<'a>(
+    panes: &'a [Pane],
+    start: i64,
+    end: i64,
+    scratch: &'a mut Sketch,
+) -> Option<&'a Sketch> {
     let from = panes.partition_point(|p| p.start < start);
     let to = panes.partition_point(|p| p.start < end);
     match &panes[from..to] {
         [] => None,
-        [one] => Some(std::borrow::Cow::Borrowed(&one.sketch)),
+        [one] => Some(&one.sketch),
         many => {
-            let mut s = many[0].sketch.clone();
-            for p in &many[1..] {
-                s.merge(&p.sketch);
+            scratch.clear();
+            for p in many {
+                scratch.merge(&p.sketch);
             }
-            Some(std::borrow::Cow::Owned(s))
+            Some(scratch)
         }
     }
 }
@@ -145,13 +164,39 @@ pub struct Job {
     pub(crate) max_series: usize,
     pub(crate) overflow: SeriesOverflow,
     state: JobState,
-    key_index: HashMap<SeriesKey, u32, ahash::RandomState>,
+    /// Key → slab id. The table holds only ids (4 bytes a bucket, so it stays in
+    /// cache for 10,000s of keys); equality is checked on the slab entry, which the
+    /// reading touches next anyway.
+    key_index: HashTable<u32>,
+    hasher: ahash::RandomState,
     device_index: HashMap<String, u32, ahash::RandomState>,
     live_keys: usize,
     /// No key has a window due before this (derived; `i64::MIN` forces a pass).
     min_deadline: i64,
+    /// Pane length of time windows with quantiles: `gcd(size, slide)`.
+    pane_ms: i64,
+    /// Per device clock (by id): its keys and their earliest deadline (derived from
+    /// the slab, rebuilt on restore). Per-device keys close on their device's
+    /// watermark, so a close pass visits the devices whose watermark passed that
+    /// deadline instead of every key.
+    device_keys: Vec<DeviceKeys>,
+    /// Window quantiles merge their panes into this, reused between windows.
+    merged: Sketch,
+    /// Results of a close pass, sorted before they go out; kept between passes so a
+    /// pass that closes thousands of windows does not allocate (and free) its list.
+    closed: Vec<WindowResult>,
     stats: JobStats,
     scratch: Vec<Reading>,
+}
+
+/// Capacity of the close-pass result list kept between passes (~600 KB at most).
+const MAX_KEPT_RESULTS: usize = 4096;
+
+#[derive(Debug, Clone, Default)]
+struct DeviceKeys {
+    keys: Vec<u32>,
+    /// No key of the device has a window due before this (`i64::MAX`: none).
+    deadline: i64,
 }
 
 impl std::fmt::Debug for Job {
@@ -195,10 +240,19 @@ impl Job {
             max_series: fieldline_common::config::pipeline::DEFAULT_MAX_SERIES,
             overflow: SeriesOverflow::DropNew,
             state: JobState::default(),
-            key_index: HashMap::default(),
+            key_index: HashTable::new(),
+            hasher: ahash::RandomState::new(),
             device_index: HashMap::default(),
             live_keys: 0,
             min_deadline: i64::MIN,
+            pane_ms: match window {
+                WindowSpec::Tumbling { size_ms } => size_ms,
+                WindowSpec::Sliding { size_ms, slide_ms } => gcd(size_ms, slide_ms),
+                WindowSpec::Session { .. } | WindowSpec::Count { .. } => 0,
+            },
+            device_keys: Vec::new(),
+            merged: Sketch::new(),
+            closed: Vec::new(),
             stats: JobStats::default(),
             scratch: Vec::new(),
         }
@@ -258,26 +312,58 @@ impl Job {
         self.live_keys
     }
 
-    /// Bytes of window state held (accumulators, sketches, keys, clocks).
+    /// Bytes of state held, from the capacities actually allocated: the key slab,
+    /// key strings, windows and their accumulators, pane sketches, the key and device
+    /// indexes and the device clocks.
     pub fn state_bytes(&self) -> usize {
-        let keys: usize = self
+        let heap: usize = self
             .state
             .keys
             .iter()
             .flatten()
             .map(|k| {
-                std::mem::size_of::<KeyState>()
-                    + k.key.device.capacity()
+                k.key.device.capacity()
                     + k.key.metric.capacity()
                     + k.windows.capacity() * std::mem::size_of::<Win>()
                     + k.windows
                         .iter()
                         .map(|w| w.acc.bytes() - std::mem::size_of::<Acc>())
                         .sum::<usize>()
+                    + k.panes.capacity() * std::mem::size_of::<Pane>()
+                    + k.panes
+                        .iter()
+                        .map(|p| p.sketch.bytes() - std::mem::size_of::<Sketch>())
+                        .sum::<usize>()
             })
             .sum();
-        keys + self.state.keys.capacity() * std::mem::size_of::<Option<KeyState>>()
-            + self.key_index.capacity() * (std::mem::size_of::<SeriesKey>() + 8)
+        heap + self.state.keys.capacity() * std::mem::size_of::<Option<KeyState>>()
+            + self.state.free.capacity() * 4
+            + table_bytes::<u32>(self.key_index.capacity())
+            + table_bytes::<(String, u32)>(self.device_index.capacity())
+            + self
+                .device_index
+                .keys()
+                .map(String::capacity)
+                .sum::<usize>()
+            + self.state.clocks.bytes()
+            + self.merged.bytes()
+            + self
+                .device_keys
+                .iter()
+                .map(|d| d.keys.capacity() * 4)
+                .sum::<usize>()
+            + self.device_keys.capacity() * std::mem::size_of::<DeviceKeys>()
+            + self.closed.capacity() * std::mem::size_of::<WindowResult>()
+    }
+
+    /// Windows held over all keys (open, and closed ones kept for late data).
+    pub fn open_windows(&self) -> usize {
+        self.state
+            .keys
+            .iter()
+            .flatten()
+            .map(|k| k.windows.len())
+            .sum()
     }
 
     /// Feeds one reading; `arrival_ms` is the agent clock when it arrived.
@@ -364,7 +450,12 @@ impl Job {
     fn slot(&mut self, r: &Reading, out: &mut Vec<RecordBody>) -> Option<u32> {
         let owned = self.key_of(r);
         let key = owned.as_ref().unwrap_or(&r.series);
-        if let Some(id) = self.key_index.get(key) {
+        let hash = self.hasher.hash_one(key);
+        let keys = &self.state.keys;
+        let found = self.key_index.find(hash, |&id| {
+            keys[id as usize].as_ref().is_some_and(|k| k.key == *key)
+        });
+        if let Some(id) = found {
             return Some(*id);
         }
         if self.live_keys >= self.max_series {
@@ -404,8 +495,16 @@ impl Job {
                 (self.state.keys.len() - 1) as u32
             }
         };
-        self.key_index.insert(key, id);
+        let (keys, hasher) = (&self.state.keys, &self.hasher);
+        self.key_index.insert_unique(hash, id, |&id| {
+            keys[id as usize]
+                .as_ref()
+                .map_or(0, |k| hasher.hash_one(&k.key))
+        });
         self.live_keys += 1;
+        if let Some(d) = device {
+            self.device_keys_mut(d).keys.push(id);
+        }
         Some(id)
     }
 
@@ -431,16 +530,11 @@ impl Job {
                 };
                 if let Some(rev) = rev {
                     if !matches!(self.window, WindowSpec::Count { .. }) {
-                        let sk = pane_sketch(&k.panes, w.start, w.end);
-                        results.push(self.aggs.finish(
-                            &w.acc,
-                            sk.as_deref(),
-                            &self.name,
-                            &k.key,
-                            w.start,
-                            w.end,
-                            rev,
-                        ));
+                        let sk = pane_sketch(&k.panes, w.start, w.end, &mut self.merged);
+                        results.push(
+                            self.aggs
+                                .finish(&w.acc, sk, &self.name, &k.key, w.start, w.end, rev),
+                        );
                     }
                 }
             }
@@ -451,9 +545,37 @@ impl Job {
         self.remove_key(id);
     }
 
+    fn device_keys_mut(&mut self, device: u32) -> &mut DeviceKeys {
+        let i = device as usize;
+        if self.device_keys.len() <= i {
+            self.device_keys.resize(
+                i + 1,
+                DeviceKeys {
+                    keys: Vec::new(),
+                    deadline: i64::MAX,
+                },
+            );
+        }
+        &mut self.device_keys[i]
+    }
+
     fn remove_key(&mut self, id: u32) {
         if let Some(k) = self.state.keys[id as usize].take() {
-            self.key_index.remove(&k.key);
+            if let Ok(entry) = self
+                .key_index
+                .find_entry(self.hasher.hash_one(&k.key), |&x| x == id)
+            {
+                entry.remove();
+            }
+            if let Some(d) = k.device {
+                let dk = self.device_keys_mut(d);
+                if let Some(i) = dk.keys.iter().position(|&x| x == id) {
+                    dk.keys.swap_remove(i);
+                }
+                if dk.keys.is_empty() {
+                    dk.deadline = i64::MAX;
+                }
+            }
             if let Some(d) = k.device.and_then(|d| self.state.clocks.get_mut(d)) {
                 d.refs = d.refs.saturating_sub(1);
             }
@@ -498,33 +620,39 @@ impl Job {
         let immediate = self.late.policy == LatePolicy::AllowedLateness;
         let accepts = |end: i64| !(end <= wm && !(keeps_late && end.saturating_add(lateness) > wm));
         let panes = aggs.has_sketch();
+        let merged = &mut self.merged;
         // Time windows: the reading's pane sketch first (re-emits below read it). The
         // window containing it with the latest end decides whether any takes it.
-        let pane_and_last_end = match self.window {
+        // The latest window start: one division per reading, the panes and the other
+        // windows derive from it (a pane is the slide when the slide divides the size).
+        let latest = match self.window {
             WindowSpec::Tumbling { size_ms } => {
-                Some((size_ms, tumbling::assign(r.ts_ms, size_ms).1))
+                Some((tumbling::assign(r.ts_ms, size_ms).0, size_ms))
             }
-            WindowSpec::Sliding { size_ms, slide_ms } => Some((
-                gcd(size_ms, slide_ms),
-                tumbling::assign(r.ts_ms, slide_ms)
-                    .0
-                    .saturating_add(size_ms),
-            )),
+            WindowSpec::Sliding { size_ms, slide_ms } => {
+                Some((tumbling::assign(r.ts_ms, slide_ms).0, size_ms))
+            }
             WindowSpec::Session { .. } | WindowSpec::Count { .. } => None,
         };
-        if let Some((pane_ms, last_end)) = pane_and_last_end {
-            if panes && accepts(last_end) {
-                let start = tumbling::assign(r.ts_ms, pane_ms).0;
+        if let Some((latest_start, size_ms)) = latest {
+            if panes && accepts(latest_start.saturating_add(size_ms)) {
+                let start = match self.window {
+                    WindowSpec::Sliding { slide_ms, .. } if self.pane_ms != slide_ms => {
+                        tumbling::assign(r.ts_ms, self.pane_ms).0
+                    }
+                    _ => latest_start,
+                };
                 let i = match k.panes.binary_search_by_key(&start, |p| p.start) {
                     Ok(i) => i,
                     Err(i) => {
-                        k.panes.insert(
-                            i,
-                            Pane {
-                                start,
-                                sketch: Sketch::new(),
-                            },
-                        );
+                        // Sized like its neighbour: one allocation per pane
+                        // instead of one per bucket range it grows into.
+                        let sketch = k
+                            .panes
+                            .get(i.wrapping_sub(1))
+                            .or(k.panes.get(i))
+                            .map_or_else(Sketch::new, |p| p.sketch.empty_like());
+                        k.panes.insert(i, Pane { start, sketch });
                         i
                     }
                 };
@@ -544,10 +672,10 @@ impl Job {
                     if let Some(rev) = w.emitted {
                         if immediate {
                             w.emitted = Some(rev + 1);
-                            let sk = pane_sketch(&k.panes, w.start, w.end);
+                            let sk = pane_sketch(&k.panes, w.start, w.end, merged);
                             revised.push(aggs.finish(
                                 &w.acc,
-                                sk.as_deref(),
+                                sk,
                                 &self.name,
                                 &k.key,
                                 w.start,
@@ -578,11 +706,12 @@ impl Job {
         };
         match self.window {
             WindowSpec::Tumbling { size_ms } => {
-                let (s, e) = tumbling::assign(r.ts_ms, size_ms);
-                time_window(k, s, e);
+                let s = latest.map_or(0, |l| l.0);
+                time_window(k, s, s.saturating_add(size_ms));
             }
             WindowSpec::Sliding { size_ms, slide_ms } => {
-                sliding::assign(r.ts_ms, size_ms, slide_ms, |s, e| time_window(k, s, e));
+                let s = latest.map_or(0, |l| l.0);
+                sliding::assign_from(s, r.ts_ms, size_ms, slide_ms, |s, e| time_window(k, s, e));
             }
             WindowSpec::Session { gap_ms } => {
                 let (s, e) = session::span(r.ts_ms, gap_ms);
@@ -659,12 +788,7 @@ impl Job {
                             dirty: false,
                         },
                     );
-                    k.deadline = k
-                        .windows
-                        .iter()
-                        .map(|w| deadline(w, lateness))
-                        .min()
-                        .unwrap_or(i64::MAX);
+                    k.deadline = k.next_deadline(lateness);
                 }
             }
             WindowSpec::Count { count } => {
@@ -688,6 +812,9 @@ impl Job {
             }
         }
         self.min_deadline = self.min_deadline.min(k.deadline);
+        if let (true, Some(dk)) = (per_device, self.device_keys.get_mut(device as usize)) {
+            dk.deadline = dk.deadline.min(k.deadline);
+        }
         // A key that holds nothing (its only reading was late) goes now, not at the
         // next close pass, so passes skipped or not leave the same state.
         let empty = k.windows.is_empty() && !matches!(self.window, WindowSpec::Count { .. });
@@ -757,82 +884,70 @@ impl Job {
             global
         };
         if self.min_deadline > highest {
-            // Nothing can be due: skip the pass over every key.
+            // Nothing can be due: skip the pass.
             return;
         }
+        let mut closer = Closer {
+            aggs: &self.aggs,
+            name: &self.name,
+            lateness,
+            merged: &mut self.merged,
+            results: std::mem::take(&mut self.closed),
+        };
         let mut min_deadline = i64::MAX;
-        let mut results = Vec::new();
         let mut emptied = Vec::new();
-        for (id, slot) in self.state.keys.iter_mut().enumerate() {
-            let Some(k) = slot else { continue };
-            let wm = match (per_device, k.device) {
-                (true, Some(d)) => self.state.clocks.device_ms(d),
-                _ => global,
-            };
-            if k.deadline > wm {
-                min_deadline = min_deadline.min(k.deadline);
-                continue;
-            }
-            let (panes, key) = (&k.panes, &k.key);
-            k.windows.retain_mut(|w| {
-                if w.emitted.is_none() && w.end <= wm {
-                    let sk = pane_sketch(panes, w.start, w.end);
-                    results.push(self.aggs.finish(
-                        &w.acc,
-                        sk.as_deref(),
-                        &self.name,
-                        key,
-                        w.start,
-                        w.end,
-                        0,
-                    ));
-                    w.emitted = Some(0);
-                    w.dirty = false;
+        if per_device {
+            for (d, dk) in self.device_keys.iter_mut().enumerate() {
+                let wm = self.state.clocks.device_ms(d as u32);
+                if dk.deadline > wm {
+                    min_deadline = min_deadline.min(dk.deadline);
+                    continue;
                 }
-                if w.end.saturating_add(lateness) <= wm {
-                    if w.dirty {
-                        let rev = w.emitted.map_or(0, |r| r + 1);
-                        let sk = pane_sketch(panes, w.start, w.end);
-                        results.push(self.aggs.finish(
-                            &w.acc,
-                            sk.as_deref(),
-                            &self.name,
-                            key,
-                            w.start,
-                            w.end,
-                            rev,
-                        ));
+                let mut next = i64::MAX;
+                for &id in &dk.keys {
+                    let Some(k) = &mut self.state.keys[id as usize] else {
+                        continue;
+                    };
+                    if k.deadline <= wm {
+                        closer.close(k, wm);
+                        if k.windows.is_empty() {
+                            emptied.push(id);
+                        }
                     }
-                    return false;
+                    next = next.min(k.deadline);
                 }
-                true
-            });
-            // Panes before the first remaining window serve no window any more.
-            let first = k.windows.first().map_or(i64::MAX, |w| w.start);
-            let dead = k.panes.partition_point(|p| p.start < first);
-            k.panes.drain(..dead);
-            k.deadline = k
-                .windows
-                .iter()
-                .map(|w| deadline(w, lateness))
-                .min()
-                .unwrap_or(i64::MAX);
-            min_deadline = min_deadline.min(k.deadline);
-            if k.windows.is_empty() {
-                emptied.push(id as u32);
+                dk.deadline = next;
+                min_deadline = min_deadline.min(next);
+            }
+        } else {
+            for (id, slot) in self.state.keys.iter_mut().enumerate() {
+                let Some(k) = slot else { continue };
+                if k.deadline <= global {
+                    closer.close(k, global);
+                    if k.windows.is_empty() {
+                        emptied.push(id as u32);
+                    }
+                }
+                min_deadline = min_deadline.min(k.deadline);
             }
         }
+        let mut results = closer.results;
         self.min_deadline = min_deadline;
         for id in emptied {
             self.remove_key(id);
         }
 
-        results.sort_by(|a, b| {
+        // Unique per result (a window is emitted once per revision): unstable is stable.
+        results.sort_unstable_by(|a, b| {
             (a.end_ms, a.start_ms, &a.series, a.revision)
                 .cmp(&(b.end_ms, b.start_ms, &b.series, b.revision))
         });
         self.stats.windows_emitted += results.len() as u64;
-        out.extend(results.into_iter().map(RecordBody::Window));
+        out.extend(results.drain(..).map(RecordBody::Window));
+        // A flush closes everything at once: that list is not worth keeping.
+        if results.capacity() <= MAX_KEPT_RESULTS {
+            self.closed = results;
+        }
     }
 
     /// The job's state for a checkpoint (configuration is not included).
@@ -842,12 +957,15 @@ impl Job {
 
     /// Replaces the job's state with a checkpointed one.
     pub fn restore_state(&mut self, state: JobState) {
-        self.key_index = state
-            .keys
-            .iter()
-            .enumerate()
-            .filter_map(|(i, k)| k.as_ref().map(|k| (k.key.clone(), i as u32)))
-            .collect();
+        self.key_index.clear();
+        let hasher = &self.hasher;
+        let hash = |k: &Option<KeyState>| k.as_ref().map_or(0, |k| hasher.hash_one(&k.key));
+        for (id, k) in state.keys.iter().enumerate() {
+            if k.is_some() {
+                self.key_index
+                    .insert_unique(hash(k), id as u32, |&i| hash(&state.keys[i as usize]));
+            }
+        }
         self.device_index = state
             .clocks
             .names()
@@ -855,6 +973,19 @@ impl Job {
             .collect();
         self.live_keys = self.key_index.len();
         self.min_deadline = i64::MIN;
+        self.device_keys.clear();
+        for (id, k) in state.keys.iter().enumerate() {
+            if let Some(KeyState {
+                device: Some(d),
+                deadline,
+                ..
+            }) = k
+            {
+                let dk = self.device_keys_mut(*d);
+                dk.keys.push(id as u32);
+                dk.deadline = dk.deadline.min(*deadline);
+            }
+        }
         self.state = state;
     }
 
@@ -867,6 +998,63 @@ impl Job {
         };
         format!("{:?}|{key}|{:?}", self.window, self.aggs)
     }
+}
+
+/// Closes and retires the due windows of keys during one close pass.
+struct Closer<'a> {
+    aggs: &'a AggSpec,
+    name: &'a str,
+    lateness: i64,
+    merged: &'a mut Sketch,
+    results: Vec<WindowResult>,
+}
+
+impl Closer<'_> {
+    /// Emits the windows of `k` that end by `wm`, retires those past their allowed
+    /// lateness (re-emitting a dirty one), drops panes no window needs, and
+    /// recomputes the key's deadline.
+    fn close(&mut self, k: &mut KeyState, wm: i64) {
+        let (panes, key) = (&k.panes, &k.key);
+        let lateness = self.lateness;
+        k.windows.retain_mut(|w| {
+            if w.emitted.is_none() && w.end <= wm {
+                let sk = pane_sketch(panes, w.start, w.end, self.merged);
+                self.results.push(
+                    self.aggs
+                        .finish(&w.acc, sk, self.name, key, w.start, w.end, 0),
+                );
+                w.emitted = Some(0);
+                w.dirty = false;
+            }
+            if w.end.saturating_add(lateness) <= wm {
+                if w.dirty {
+                    let rev = w.emitted.map_or(0, |r| r + 1);
+                    let sk = pane_sketch(panes, w.start, w.end, self.merged);
+                    self.results.push(
+                        self.aggs
+                            .finish(&w.acc, sk, self.name, key, w.start, w.end, rev),
+                    );
+                }
+                return false;
+            }
+            true
+        });
+        // Panes before the first remaining window serve no window any more.
+        let first = k.windows.first().map_or(i64::MAX, |w| w.start);
+        let dead = k.panes.partition_point(|p| p.start < first);
+        k.panes.drain(..dead);
+        k.deadline = k.next_deadline(lateness);
+    }
+}
+
+/// Bytes of a hash map's table: hashbrown keeps `buckets ≥ capacity · 8/7` (a power of
+/// two) entries plus one control byte per bucket and a group of 16.
+fn table_bytes<T>(capacity: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    let buckets = (capacity * 8 / 7).next_power_of_two();
+    buckets * (std::mem::size_of::<T>() + 1) + 16
 }
 
 fn deadline(w: &Win, lateness: i64) -> i64 {

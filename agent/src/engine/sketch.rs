@@ -20,6 +20,15 @@ pub const RELATIVE_ACCURACY: f64 = 0.005;
 pub const MAX_BUCKETS: usize = 2048;
 /// Smaller magnitudes are counted as exactly zero.
 pub const MIN_INDEXABLE: f64 = 1e-9;
+/// Most quantiles [`Sketch::quantiles`] finds in one walk.
+pub const MAX_QUANTILES_PER_WALK: usize = 16;
+
+#[derive(Debug, Clone, Copy)]
+enum Bucket {
+    Neg(i32),
+    Zero,
+    Pos(i32),
+}
 
 fn gamma() -> f64 {
     (1.0 + RELATIVE_ACCURACY) / (1.0 - RELATIVE_ACCURACY)
@@ -46,9 +55,11 @@ impl Store {
                 self.counts[lowest] = self.counts[lowest].saturating_add(n);
                 return;
             }
-            let mut counts = vec![0; grow];
-            counts.append(&mut self.counts);
-            self.counts = counts;
+            // In place: a pane sketch sized like its neighbour already has the room.
+            let len = self.counts.len();
+            self.counts.resize(len + grow, 0);
+            self.counts.copy_within(..len, grow);
+            self.counts[..grow].fill(0);
             self.offset = index;
         }
         let pos = (index - self.offset) as usize;
@@ -114,6 +125,28 @@ impl Sketch {
         }
     }
 
+    /// An empty sketch with room for the buckets `self` spans (and a quarter more),
+    /// for a pane that will likely see values like its neighbour's.
+    pub fn empty_like(&self) -> Self {
+        let mut s = Self::new();
+        for (to, from) in [(&mut s.pos, &self.pos), (&mut s.neg, &self.neg)] {
+            let n = from.counts.len();
+            to.counts.reserve_exact(n + n / 4);
+        }
+        s
+    }
+
+    /// Empties the sketch, keeping its buckets' memory for reuse.
+    /// Equal to [`Sketch::new`] afterwards.
+    pub fn clear(&mut self) {
+        for store in [&mut self.pos, &mut self.neg] {
+            store.counts.clear();
+            store.offset = 0;
+        }
+        self.zero = 0;
+        self.count = 0;
+    }
+
     pub fn merge(&mut self, other: &Sketch) {
         self.pos.merge(&other.pos);
         self.neg.merge(&other.neg);
@@ -151,6 +184,59 @@ impl Sketch {
             }
         }
         None
+    }
+
+    /// [`Sketch::quantile`] of every `qs[i]` into `out[i]`, in one walk over the
+    /// buckets instead of one per quantile. Past [`MAX_QUANTILES_PER_WALK`] (or the
+    /// length of `out`), the rest are left as they were.
+    pub fn quantiles(&self, qs: &[f64], out: &mut [Option<f64>]) {
+        let n = qs.len().min(out.len()).min(MAX_QUANTILES_PER_WALK);
+        out[..n].fill(None);
+        if self.count == 0 {
+            return;
+        }
+        // (rank, position) of the valid quantiles, ascending by rank.
+        let mut ranks = [(0u64, 0usize); MAX_QUANTILES_PER_WALK];
+        let mut k = 0;
+        for (i, q) in qs[..n].iter().enumerate() {
+            if (0.0..=1.0).contains(q) {
+                ranks[k] = (rank(*q, self.count), i);
+                k += 1;
+            }
+        }
+        let ranks = &mut ranks[..k];
+        ranks.sort_unstable();
+        // The walk records bucket indexes only: computing a bucket's value (`powi`)
+        // inside it would be done for every bucket once the compiler hoists it.
+        let mut hits = [Bucket::Zero; MAX_QUANTILES_PER_WALK];
+        let mut next = 0;
+        let mut seen = 0u64;
+        let mut take = |seen: u64, b: Bucket, next: &mut usize| {
+            while *next < ranks.len() && seen > ranks[*next].0 {
+                hits[*next] = b;
+                *next += 1;
+            }
+        };
+        for (i, c) in self.neg.counts.iter().enumerate().rev() {
+            seen += u64::from(*c);
+            take(seen, Bucket::Neg(self.neg.offset + i as i32), &mut next);
+        }
+        seen += self.zero;
+        take(seen, Bucket::Zero, &mut next);
+        for (i, c) in self.pos.counts.iter().enumerate() {
+            if next == ranks.len() {
+                break;
+            }
+            seen += u64::from(*c);
+            take(seen, Bucket::Pos(self.pos.offset + i as i32), &mut next);
+        }
+        for (&(_, i), b) in ranks[..next].iter().zip(hits) {
+            out[i] = Some(match b {
+                Bucket::Neg(index) => -Self::value(index),
+                Bucket::Zero => 0.0,
+                Bucket::Pos(index) => Self::value(index),
+            });
+        }
     }
 
     /// Heap and inline bytes this sketch holds.
@@ -196,6 +282,9 @@ mod tests {
         within_bound(s.quantile(0.0).unwrap(), 1.0);
         within_bound(s.quantile(1.0).unwrap(), 10_000.0);
         assert_eq!(Sketch::new().quantile(0.5), None);
+        let like = s.empty_like();
+        assert_eq!(like, Sketch::new(), "sized, not filled");
+        assert!(like.bytes() >= s.pos.counts.len() * 4);
     }
 
     #[test]
@@ -235,6 +324,13 @@ mod tests {
             values[cut..].iter().for_each(|v| b.add(*v));
             a.merge(&b);
             prop_assert_eq!(&a, &whole);
+
+            let qs = [q, 0.5, 0.0, 1.0, 0.99, -1.0, q / 2.0];
+            let mut all = [None; 7];
+            whole.quantiles(&qs, &mut all);
+            for (q, got) in qs.iter().zip(all) {
+                prop_assert_eq!(got, whole.quantile(*q), "one walk for all agrees with one per quantile");
+            }
 
             let got = whole.quantile(q).unwrap();
             let tolerance = RELATIVE_ACCURACY * want.abs() + MIN_INDEXABLE;

@@ -3,8 +3,19 @@
 //! not divide `size` and the reading sits near an edge); tumbling is `slide = size`.
 
 /// Calls `f(start, end)` for every window containing `ts`, newest start first.
-pub fn assign(ts: i64, size_ms: i64, slide_ms: i64, mut f: impl FnMut(i64, i64)) {
-    let mut start = ts - ts.rem_euclid(slide_ms);
+pub fn assign(ts: i64, size_ms: i64, slide_ms: i64, f: impl FnMut(i64, i64)) {
+    assign_from(ts - ts.rem_euclid(slide_ms), ts, size_ms, slide_ms, f);
+}
+
+/// [`assign`] given the latest start (`ts - ts mod slide`), saving the division.
+pub fn assign_from(
+    latest_start: i64,
+    ts: i64,
+    size_ms: i64,
+    slide_ms: i64,
+    mut f: impl FnMut(i64, i64),
+) {
+    let mut start = latest_start;
     while start > ts.saturating_sub(size_ms) {
         f(start, start.saturating_add(size_ms));
         start -= slide_ms;

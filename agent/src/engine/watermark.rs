@@ -97,6 +97,18 @@ impl Watermarks {
             .filter_map(|(i, d)| d.as_ref().map(|d| (i as u32, d.name.as_str())))
     }
 
+    /// Bytes held: the clock slab, device names and the free list.
+    pub fn bytes(&self) -> usize {
+        self.devices.capacity() * std::mem::size_of::<Option<DeviceClock>>()
+            + self
+                .devices
+                .iter()
+                .flatten()
+                .map(|d| d.name.capacity())
+                .sum::<usize>()
+            + self.free.capacity() * 4
+    }
+
     /// Devices with a clock.
     pub fn devices(&self) -> usize {
         self.devices.len() - self.free.len()
