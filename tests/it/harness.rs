@@ -330,8 +330,13 @@ fn fleet_reachable(fleet_url: &str) -> bool {
 /// Starts an agent; it enrolls first when the fleet is up and it has no
 /// credential yet (tests of an unreachable fleet get an unenrolled agent).
 pub fn spawn_agent(dir: &Path, id: &str, fleet_url: &str) -> Agent {
+    spawn_agent_with(dir, id, fleet_url, "")
+}
+
+/// [`spawn_agent`] with `extra` TOML appended to its config (e.g. `[[pipeline]]`s).
+pub fn spawn_agent_with(dir: &Path, id: &str, fleet_url: &str, extra: &str) -> Agent {
     let mqtt_port = free_port();
-    let config = agent_config(dir, id, mqtt_port, fleet_url, "");
+    let config = agent_config(dir, id, mqtt_port, fleet_url, extra);
     if !dir.join(id).join("fleet-credential").exists() && fleet_reachable(fleet_url) {
         enroll_agent(&config);
     }

@@ -1,14 +1,14 @@
 //! The operator web UI in a real headless Chromium (Debian's `chromium` driven by
 //! `chromedriver` over WebDriver, through fantoccini) against a real fleet server
-//! (embedded store), a real agent process fed by the MQTT simulator, and real
-//! HTTP/MQTT input. Screenshots of every page go to `tests/artifacts/ui/`, and
+//! (embedded store), real agent processes (one fed by the MQTT simulator, one whose
+//! detectors flag a spike published with `mosquitto_pub`), and real HTTP/MQTT input. Screenshots of every page go to `tests/artifacts/ui/`, and
 //! `failure.png` when a step fails.
 //!
 //! The security of the UI (cookies, CSRF, refusals) is tested over plain HTTP in
 //! `ui_security_over_http`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -150,6 +150,18 @@ impl Browser {
         ))
     }
 
+    /// Waits until the script `js` returns `true`.
+    fn wait_true(&self, what: &str, js: &str, timeout: Duration) -> Step<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.eval(js)? == json!(true) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(format!("timed out after {timeout:?} waiting for {what}"))
+    }
+
     /// Clicks `css`, finding it again when a live refresh replaced it meanwhile
     /// (a stale element).
     fn click(&self, css: &str) -> Step<()> {
@@ -252,6 +264,70 @@ impl Drop for Browser {
     }
 }
 
+/// The pipeline of `gw-anom`, the agent whose detectors produce the anomalies the
+/// browser sees (`gw-ui` gets fleet configs during the test, which re-exec it and
+/// would replace its pipelines). Two detectors so the minimum-score filter has
+/// something to hide: the threshold scores the spike 1, the rate of change (about
+/// 770/s against a limit of 600/s) about 0.68.
+const ANOMALY_PIPELINE: &str = r#"
+[[pipeline]]
+name = "pressure"
+metrics = ["pressure"]
+window = { kind = "tumbling", size = "1s" }
+aggregates = ["max"]
+[[pipeline.detector]]
+kind = "threshold"
+max = 90.0
+[[pipeline.detector]]
+kind = "rate_of_change"
+max_per_sec = 600.0
+"#;
+
+/// Readings 100 ms apart in event time, the last one now: 20 quiet ones around 20,
+/// a spike of 97.5, 5 quiet ones. Stamped rather than timed by arrival, so the rate
+/// of change (and its score) is the same on every run; none is ahead of the agent
+/// clock.
+fn pressure_spike() -> Vec<String> {
+    let quiet = |n: usize| (0..n).map(|i| 20.0 + (i % 5) as f64 * 0.1);
+    let values: Vec<f64> = quiet(20).chain([97.5]).chain(quiet(5)).collect();
+    let now = fieldline_common::now_ms();
+    let last = values.len() as i64 - 1;
+    values
+        .iter()
+        .zip(0..)
+        .map(|(v, i)| json!({"value": v, "ts": now - (last - i) * 100}).to_string())
+        .collect()
+}
+
+/// Publishes each payload as one message on `topic`, QoS 1, with one
+/// `mosquitto_pub -l`: the agent's broker has them all when it returns.
+fn mosquitto_pub(port: u16, topic: &str, payloads: &[String]) -> Step<()> {
+    use std::io::Write;
+    let mut child = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-l"])
+        .args(["-t", topic])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("mosquitto_pub: {e}"))?;
+    let lines: String = payloads.iter().map(|p| format!("{p}\n")).collect();
+    // Dropping stdin at the end of the statement ends the input, so it exits.
+    child
+        .stdin
+        .take()
+        .ok_or("mosquitto_pub has no stdin")?
+        .write_all(lines.as_bytes())
+        .map_err(|e| format!("mosquitto_pub stdin: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("mosquitto_pub: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("mosquitto_pub on {topic}: {out:?}"));
+    }
+    Ok(())
+}
+
 fn anomaly_batch(agent: &str, seq: u64) -> Vec<u8> {
     to_cbor(&IngestBatch {
         v: PROTOCOL_VERSION,
@@ -285,6 +361,7 @@ fn web_ui_in_a_browser_fleet_agent_config_anomaly_and_dead_letter() {
     let dir = tempfile::tempdir().expect("tempdir");
     let fleet = spawn_ui_fleet(dir.path(), None);
     let agent = spawn_agent(dir.path(), "gw-ui", &fleet.url());
+    let anom = spawn_agent_with(dir.path(), "gw-anom", &fleet.url(), ANOMALY_PIPELINE);
     let _sim = Proc::spawn(
         "simulator",
         Command::new(bin("fieldline-agent"))
@@ -299,7 +376,7 @@ fn web_ui_in_a_browser_fleet_agent_config_anomaly_and_dead_letter() {
         .build()
         .expect("client");
     let browser = Browser::start(dir.path());
-    if let Err(e) = browser_steps(&browser, &fleet, &agent, &http) {
+    if let Err(e) = browser_steps(&browser, &fleet, &agent, &anom, &http) {
         browser.screenshot("failure");
         panic!("{e}");
     }
@@ -309,6 +386,7 @@ fn browser_steps(
     b: &Browser,
     fleet: &Fleet,
     agent: &Agent,
+    anom: &Agent,
     http: &reqwest::blocking::Client,
 ) -> Step<()> {
     let base = fleet.url();
@@ -325,17 +403,17 @@ fn browser_steps(
     // Keyboard only: Enter in the password field submits (WebDriver's Enter key).
     b.type_into("#login-password", &format!("{PASSWORD}\u{E007}"), true)?;
 
-    // Fleet: the agent is listed and online, with its version.
+    // Fleet: the agents are listed and online, with their version.
     b.wait_text("#user", USER, long)?;
     b.wait_text("tr[data-id='gw-ui']", "online", long)?;
-    b.wait_text("#fleet-summary", "1 agents", long)?;
+    b.wait_text("#fleet-summary", "2 agents: 2 online", long)?;
     b.screenshot("fleet");
     b.phone_check("fleet")?;
     // The filter hides agents without the label.
     b.type_into("#fleet-filter", "site=nowhere", true)?;
     b.wait_text("#fleet-summary", "showing 0", long)?;
     b.type_into("#fleet-filter", "gw-", true)?;
-    b.wait_text("#fleet-summary", "showing 1", long)?;
+    b.wait_text("#fleet-summary", "showing 2", long)?;
 
     // Agent: series with latest values and a live chart of window aggregates.
     b.click("a[href='#/agent/gw-ui']")?;
@@ -447,52 +525,60 @@ fn browser_steps(
     }
     b.screenshot("configs-rollout");
 
-    // Anomalies: one injected through the real agent ingest path appears live.
+    // Anomalies: a spike published to gw-anom's broker; its detectors flag it, the
+    // anomaly records travel its outbox and uplink, and they appear live.
     b.goto(&format!("{base}/ui/#/anomalies"))?;
     b.wait_text("#an-feed", "no anomaly", long)?;
     b.wait_text("#live", "live", long)?;
     b.eval("window.__notReloaded = 42; return 1")?;
-    let credential = crate::ingest_api::enroll(http, &base, "gw-anom");
-    let resp = http
-        .post(format!("{base}/api/v1/ingest"))
-        .bearer_auth(credential)
-        .header("content-type", "application/cbor")
-        .body(anomaly_batch("gw-anom", 1))
-        .send()
-        .map_err(|e| e.to_string())?;
-    if !resp.status().is_success() {
-        return Err(format!("ingest: {}", resp.status()));
-    }
-    b.wait_text(
-        "#an-feed li[data-series='gw-anom/pump/pressure']",
-        "pressure above 90",
-        long,
-    )?;
+    mosquitto_pub(anom.mqtt_port, "sensors/pump/pressure", &pressure_spike())?;
+    let item = "#an-feed li[data-series='gw-anom/pump/pressure']";
+    b.wait_text(item, "threshold: value 97.5 above max 90", long)?;
+    b.wait_text(item, "rate_of_change: rate of change", long)?;
     if b.eval("return window.__notReloaded")? != json!(42) {
         return Err("the anomalies page reloaded instead of updating live".into());
+    }
+    // One alert per detector: the quiet readings after the spike end no episode.
+    let items = b.eval(&format!(
+        "return document.querySelectorAll(\"{item}\").length"
+    ))?;
+    if items != json!(2) {
+        return Err(format!("{items} anomalies of the spike in the feed, not 2"));
     }
     b.wait_text("#an-top", "gw-anom/pump/pressure", long)?;
     b.screenshot("anomalies");
     b.phone_check("anomalies")?;
-    // Filters apply to the feed at once (score 0.93 is below 0.95).
-    b.type_into("#an-min", "0.95", true)?;
-    b.wait_text("#an-feed", "no anomaly matches", long)?;
+    // Filters apply to the feed at once: the rate of change scores below 0.9.
     b.type_into("#an-min", "0.9", true)?;
+    b.wait_true(
+        "the minimum score to hide the rate-of-change anomaly",
+        "const t = document.querySelector('#an-feed').textContent; \
+         return t.includes('above max 90') && !t.includes('rate of change')",
+        long,
+    )?;
+    b.type_into("#an-agent", "gw-ui", true)?;
+    b.wait_text("#an-feed", "no anomaly matches", long)?;
     b.type_into("#an-agent", "gw-anom", true)?;
-    b.wait_text("#an-feed", "pressure above 90", long)?;
+    b.type_into("#an-min", "0.5", true)?;
+    b.wait_text("#an-feed", "rate of change", long)?;
+    b.wait_text("#an-feed", "above max 90", long)?;
+
+    // The agent's own page lists them under recent anomalies.
+    b.goto(&format!("{base}/ui/#/agent/gw-anom"))?;
+    b.wait_text("#agent-anomalies", "value 97.5 above max 90", long)?;
+    b.wait_text("#agent-anomalies", "rate of change", long)?;
+    b.eval("document.querySelector('#agent-anomalies').scrollIntoView(); return 1")?;
+    b.screenshot("agent-anomalies");
 
     // Dead letters: an undecodable MQTT payload reaches the fleet DLQ through the
     // agent; inspect it and replay it from the UI.
     b.goto(&format!("{base}/ui/#/dlq"))?;
     b.wait_text("#dlq-list", "empty", long)?;
-    let out = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &agent.mqtt_port.to_string()])
-        .args(["-t", "sensors/boiler/temp", "-m", "not a number {"])
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!("mosquitto_pub: {out:?}"));
-    }
+    mosquitto_pub(
+        agent.mqtt_port,
+        "sensors/boiler/temp",
+        &["not a number {".into()],
+    )?;
     b.wait_text("#dlq-list", "sensors/boiler/temp", long)?;
     let dlq = admin_get(http, &format!("{base}/api/v1/dlq"));
     let id = dlq["entries"][0]["id"]
@@ -581,7 +667,7 @@ fn browser_steps(
     b.click("a[href='#/fleet']")?;
     b.wait_text("tr[data-id='gw-ui']", "rejected drift", long)?;
 
-    // Sorting (two agents by now): the Agent column toggles, and keyboard focus
+    // Sorting (two agents): the Agent column toggles, and keyboard focus
     // stays on the sort button across the re-render.
     b.click("button[data-sort='id']")?;
     b.wait_text("#page tbody tr:first-child", "gw-ui", long)?;
