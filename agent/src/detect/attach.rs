@@ -14,9 +14,8 @@
 //!   (`series_rejected`); state of a series is kept while the pipeline runs.
 //! - **Determinism**: no clock, no randomness; [`Attached::snapshot`] / [`restore`]
 //!   cover all state, so restoring a checkpoint and replaying the log gives the same
-//!   records. A detector that cannot save its state (the general detector, for now:
-//!   `general.rs` has no `save_state` yet) restarts learning after a restore, and its
-//!   series then have to warm up again.
+//!   records. Every built-in detector saves its state; one that cannot (the trait's
+//!   default) restarts learning after a restore, and its series warm up again.
 //!
 //! **Boundary**: the one module of `detect/` that knows the agent's config and records;
 //! the detectors themselves stay std-only.

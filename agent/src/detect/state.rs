@@ -19,6 +19,17 @@ impl StateWriter<'_> {
     pub fn bool(&mut self, v: bool) {
         self.0.push(u8::from(v));
     }
+    /// Only the non-zero entries, as (index, value) pairs after their count: learned
+    /// histograms are mostly empty bins, and a checkpoint is rewritten every interval.
+    pub fn sparse_f64s(&mut self, v: &[f64]) {
+        let nonzero = v.iter().filter(|x| x.to_bits() != 0).count();
+        self.u64(v.len() as u64);
+        self.u64(nonzero as u64);
+        for (i, x) in v.iter().enumerate().filter(|(_, x)| x.to_bits() != 0) {
+            self.u64(i as u64);
+            self.f64(*x);
+        }
+    }
     /// Length-prefixed floats.
     pub fn f64s(&mut self, v: &[f64]) {
         self.u64(v.len() as u64);
@@ -63,6 +74,28 @@ impl StateReader<'_> {
         }
         for x in into.iter_mut() {
             *x = self.f64()?;
+        }
+        Some(())
+    }
+    /// Fills `into` from what [`StateWriter::sparse_f64s`] wrote for a slice of the same
+    /// length; indices must increase, so one state has one encoding.
+    pub fn sparse_f64s_into(&mut self, into: &mut [f64]) -> Option<()> {
+        if self.usize()? != into.len() {
+            return None;
+        }
+        let nonzero = self.usize()?;
+        if nonzero > into.len() {
+            return None;
+        }
+        into.fill(0.0);
+        let mut next = 0;
+        for _ in 0..nonzero {
+            let i = self.usize()?;
+            if i < next || i >= into.len() {
+                return None;
+            }
+            into[i] = self.f64()?;
+            next = i + 1;
         }
         Some(())
     }
