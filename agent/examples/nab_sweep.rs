@@ -281,14 +281,21 @@ fn evaluate_at(corpus: &[Series], cfg: &GeneralConfig, fixed: Option<f64>) -> Ve
 }
 
 /// Per series at `threshold`: each window's first detection (rows after the window start,
-/// as a fraction of its width; "miss" if none) and the false-positive rows after probation.
+/// as a fraction of its width; "miss" if none) and the false-positive rows after probation,
+/// each tagged with the test that fired: `P<view>` a point rarity, `L<view>` a likelihood.
 fn print_detail(corpus: &[Series], cfg: &GeneralConfig, threshold: f64) {
     for s in corpus {
         let mut det = GeneralDetector::new(cfg.clone());
+        let mut why = Vec::with_capacity(s.values.len());
         let scores: Vec<f64> =
             s.ts.iter()
                 .zip(&s.values)
-                .map(|(&t, &v)| det.update(t, v))
+                .map(|(&t, &v)| {
+                    let score = det.update(t, v);
+                    let (view, sustained) = det.last_view();
+                    why.push(format!("{}{view}", if sustained { "L" } else { "P" }));
+                    score
+                })
                 .collect();
         let n = scores.len();
         let probation = ((0.15 * n as f64).floor() as usize).min(750);
@@ -300,16 +307,17 @@ fn print_detail(corpus: &[Series], cfg: &GeneralConfig, threshold: f64) {
             .windows
             .iter()
             .map(|&(a, b)| match (a..=b).find(|&i| scores[i] >= threshold) {
-                Some(i) => format!("{:.2}", (i - a) as f64 / (b - a + 1) as f64),
+                Some(i) => format!("{:.2}:{}", (i - a) as f64 / (b - a + 1) as f64, why[i]),
                 None => "miss".to_string(),
             })
             .collect();
+        let fps: Vec<String> = fps.iter().map(|&i| format!("{i}:{}", why[i])).collect();
         println!(
-            "  {:<55} n={n:<6} windows [{}] FP {} at {:?}",
+            "  {:<55} n={n:<6} windows [{}] FP {} at [{}]",
             s.rel,
             hits.join(" "),
             fps.len(),
-            fps
+            fps.join(" ")
         );
     }
 }
