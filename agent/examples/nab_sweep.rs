@@ -13,6 +13,14 @@
 //! -20% and +20%, one at a time, and prints the standard score of each: the robustness
 //! check reported in docs/BENCHMARKS.md.
 //!
+//! `--jitter` reports the mean and worst standard score over `bins_per_unit` x 0.96-1.04
+//! (the expected score under a random placement of the bin edges, which is what decides a
+//! held-out score); `--search` runs a greedy coordinate ascent on that mean. `--only
+//! CAT1,CAT2` keeps the series whose path starts with one of the prefixes (the held-out
+//! check on halves of dev), `--threshold T` scores at a threshold carried over from the
+//! other half, and `--detail` prints each series' first detection per window (as a
+//! fraction of the window width) and its false-positive rows.
+//!
 //! Tune only on the dev half: the held-out half means something only if nobody tuned on it.
 
 use std::collections::BTreeMap;
@@ -55,12 +63,32 @@ struct ProfileScore {
 fn main() -> Result<()> {
     let mut data: Option<PathBuf> = None;
     let mut pm20 = false;
+    let mut detail = false;
+    let mut jitter = false;
+    let mut search = false;
+    let mut only: Vec<String> = Vec::new();
+    let mut fixed: Option<f64> = None;
     let mut grid: Vec<(String, Vec<f64>)> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--data" => data = Some(args.next().context("--data needs a directory")?.into()),
             "--pm20" => pm20 = true,
+            "--detail" => detail = true,
+            "--jitter" => jitter = true,
+            "--search" => search = true,
+            "--only" => {
+                only = args
+                    .next()
+                    .context("--only needs comma-separated category prefixes")?
+                    .split(',')
+                    .map(str::to_string)
+                    .collect()
+            }
+            "--threshold" => {
+                let t = args.next().context("--threshold needs a number")?;
+                fixed = Some(t.parse().with_context(|| format!("bad threshold `{t}`"))?);
+            }
             _ => {
                 let (k, vs) = a
                     .split_once('=')
@@ -78,7 +106,10 @@ fn main() -> Result<()> {
         }
     }
     let data = data.context("--data DIR is required")?;
-    let corpus = load(&data)?;
+    let mut corpus = load(&data)?;
+    if !only.is_empty() {
+        corpus.retain(|s| only.iter().any(|p| s.rel.starts_with(p.as_str())));
+    }
     let windows: usize = corpus.iter().map(|s| s.windows.len()).sum();
     println!("{} series, {windows} windows", corpus.len());
 
@@ -92,7 +123,23 @@ fn main() -> Result<()> {
             label += &format!("{k}={v} ");
         }
         cfg.validate().map_err(anyhow::Error::msg)?;
-        if pm20 {
+        if detail {
+            let s = evaluate(&corpus, &cfg);
+            print_detail(&corpus, &cfg, s[0].threshold);
+        }
+        if let Some(t) = fixed {
+            let s = evaluate_at(&corpus, &cfg, Some(t));
+            println!(
+                "{label}at threshold {t}: standard {:.2} ({}/{windows} windows, {} FP rows) \
+                 low_FP {:.2} low_FN {:.2}",
+                s[0].score, s[0].hit, s[0].fp, s[1].score, s[2].score
+            );
+        } else if search {
+            coordinate_search(&corpus, cfg)?;
+        } else if jitter {
+            let (mean, worst) = jittered(&corpus, &cfg);
+            println!("{label}jittered standard mean {mean:.2} worst {worst:.2}");
+        } else if pm20 {
             robustness(&corpus, &cfg, &label)?;
         } else {
             let s = evaluate(&corpus, &cfg);
@@ -103,6 +150,67 @@ fn main() -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// Bin-width multipliers of the jittered score: a 2-4% change of `bins_per_unit` moves
+/// every bin edge by a fraction of a bin over most of the range, so the mean over them is
+/// the expected score under a random placement of the edges.
+const JITTER: [f64; 5] = [0.96, 0.98, 1.0, 1.02, 1.04];
+
+/// Mean and worst standard score over the bin-width jitter.
+fn jittered(corpus: &[Series], cfg: &GeneralConfig) -> (f64, f64) {
+    let (mut sum, mut worst) = (0.0, f64::INFINITY);
+    for f in JITTER {
+        let mut c = cfg.clone();
+        c.bins_per_unit *= f;
+        let s = evaluate(corpus, &c)[0].score;
+        sum += s;
+        worst = worst.min(s);
+    }
+    (sum / JITTER.len() as f64, worst)
+}
+
+/// Greedy coordinate ascent on the jittered mean: tuning on the expected score under
+/// random bin edges instead of on one lucky placement. Prints every accepted move.
+fn coordinate_search(corpus: &[Series], mut cfg: GeneralConfig) -> Result<()> {
+    let (mut best, _) = jittered(corpus, &cfg);
+    println!("start: jittered mean {best:.2}");
+    for pass in 0..2 {
+        let mut moved = false;
+        for &k in PARAMS {
+            if k == "bins_per_unit" {
+                continue;
+            }
+            let v = get(&cfg, k);
+            for f in [0.7, 0.85, 1.18, 1.4] {
+                let mut c = cfg.clone();
+                set(&mut c, k, v * f)?;
+                if c.validate().is_err() || get(&c, k) == v {
+                    continue;
+                }
+                let (m, w) = jittered(corpus, &c);
+                if m > best + 0.2 {
+                    println!(
+                        "pass {pass}: {k} {v} -> {}: jittered mean {m:.2} (worst {w:.2})",
+                        get(&c, k)
+                    );
+                    best = m;
+                    cfg = c;
+                    moved = true;
+                }
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    println!("final: {cfg:?}");
+    let s = evaluate(corpus, &cfg);
+    println!(
+        "final: jittered mean {best:.2}; standard {:.2} low_FP {:.2} low_FN {:.2}",
+        s[0].score, s[1].score, s[2].score
+    );
     Ok(())
 }
 
@@ -140,6 +248,12 @@ fn robustness(corpus: &[Series], cfg: &GeneralConfig, label: &str) -> Result<()>
 }
 
 fn evaluate(corpus: &[Series], cfg: &GeneralConfig) -> Vec<ProfileScore> {
+    evaluate_at(corpus, cfg, None)
+}
+
+/// Scores per profile at the optimal threshold, or at `fixed` (a threshold carried over
+/// from another corpus, as in a held-out check).
+fn evaluate_at(corpus: &[Series], cfg: &GeneralConfig, fixed: Option<f64>) -> Vec<ProfileScore> {
     let mut points = Vec::new();
     let mut base = 0;
     for s in corpus {
@@ -162,8 +276,50 @@ fn evaluate(corpus: &[Series], cfg: &GeneralConfig) -> Vec<ProfileScore> {
     let n_win = scored.iter().filter(|&&b| b).count() as f64;
     PROFILES
         .iter()
-        .map(|&(_, a_tp, a_fp, a_fn)| sweep(&points, base, n_win, a_tp, a_fp, a_fn))
+        .map(|&(_, a_tp, a_fp, a_fn)| sweep(&points, base, n_win, [a_tp, a_fp, a_fn], fixed))
         .collect()
+}
+
+/// Per series at `threshold`: each window's first detection (rows after the window start,
+/// as a fraction of its width; "miss" if none) and the false-positive rows after probation,
+/// each tagged with the test that fired: `P<view>` a point rarity, `L<view>` a likelihood.
+fn print_detail(corpus: &[Series], cfg: &GeneralConfig, threshold: f64) {
+    for s in corpus {
+        let mut det = GeneralDetector::new(cfg.clone());
+        let mut why = Vec::with_capacity(s.values.len());
+        let scores: Vec<f64> =
+            s.ts.iter()
+                .zip(&s.values)
+                .map(|(&t, &v)| {
+                    let score = det.update(t, v);
+                    let (view, sustained) = det.last_view();
+                    why.push(format!("{}{view}", if sustained { "L" } else { "P" }));
+                    score
+                })
+                .collect();
+        let n = scores.len();
+        let probation = ((0.15 * n as f64).floor() as usize).min(750);
+        let inside = |i: usize| s.windows.iter().any(|&(a, b)| (a..=b).contains(&i));
+        let fps: Vec<usize> = (probation..n)
+            .filter(|&i| scores[i] >= threshold && !inside(i))
+            .collect();
+        let hits: Vec<String> = s
+            .windows
+            .iter()
+            .map(|&(a, b)| match (a..=b).find(|&i| scores[i] >= threshold) {
+                Some(i) => format!("{:.2}:{}", (i - a) as f64 / (b - a + 1) as f64, why[i]),
+                None => "miss".to_string(),
+            })
+            .collect();
+        let fps: Vec<String> = fps.iter().map(|&i| format!("{i}:{}", why[i])).collect();
+        println!(
+            "  {:<55} n={n:<6} windows [{}] FP {} at [{}]",
+            s.rel,
+            hits.join(" "),
+            fps.len(),
+            fps.join(" ")
+        );
+    }
 }
 
 /// NAB's threshold optimisation: lower the threshold through every distinct score and keep
@@ -172,9 +328,8 @@ fn sweep(
     points: &[Point],
     n_keys: usize,
     n_win: f64,
-    a_tp: f64,
-    a_fp: f64,
-    a_fn: f64,
+    [a_tp, a_fp, a_fn]: [f64; 3],
+    fixed: Option<f64>,
 ) -> ProfileScore {
     let mut best_credit: Vec<Option<f64>> = vec![None; n_keys];
     let mut total = -a_fn * n_win;
@@ -208,8 +363,11 @@ fn sweep(
             }
             i += 1;
         }
-        if total > best.0 {
-            best = (total, t, hit, fp);
+        match fixed {
+            None if total > best.0 => best = (total, t, hit, fp),
+            // Every score at or above the carried-over threshold counts, nothing below.
+            Some(f) if t >= f => best = (total, f, hit, fp),
+            _ => {}
         }
     }
     let (null, perfect) = (-a_fn * n_win, a_tp * n_win);
