@@ -107,8 +107,10 @@ fn decode_inner(
     match first {
         // CBOR map (major type 5).
         0xa0..=0xbf => {
-            let obj: Object<'_> = crate::codec::from_cbor_borrowed(payload, usize::MAX)
-                .map_err(|e| DecodeError::Unrecognised(format!("cbor: {e}")))?;
+            let obj = match small_cbor_map(payload) {
+                Some(obj) => obj,
+                None => cbor_object(payload)?,
+            };
             return obj.into_readings(series, arrival_ms, out);
         }
         // CBOR array (major type 4): SenML CBOR.
@@ -143,6 +145,64 @@ fn decode_inner(
                 .map_err(|_| DecodeError::Unrecognised(preview(text)))?;
             push(out, series, arrival_ms, value)
         }
+    }
+}
+
+fn cbor_object(payload: &[u8]) -> Result<Object<'_>, DecodeError> {
+    crate::codec::from_cbor_borrowed(payload, usize::MAX)
+        .map_err(|e| DecodeError::Unrecognised(format!("cbor: {e}")))
+}
+
+/// The shape nearly every CBOR sensor sends, `{"value": number, "ts": number}` (either
+/// key optional), read directly: serde_cbor's generic deserializer spends ~500
+/// instructions on it, a third of the engine's decode cost. `None` for anything else
+/// (other keys, strings, half floats, indefinite lengths, trailing bytes), which then
+/// takes the general path; where both apply they give the same `Object` (tested).
+fn small_cbor_map(b: &[u8]) -> Option<Object<'static>> {
+    let entries = match *b.first()? {
+        n @ 0xa1..=0xa2 => usize::from(n - 0xa0),
+        _ => return None,
+    };
+    let mut obj = Object::default();
+    let mut i = 1;
+    for _ in 0..entries {
+        let key_len = usize::from(b.get(i)?.checked_sub(0x60).filter(|l| *l < 24)?);
+        let key = b.get(i + 1..i + 1 + key_len)?;
+        i += 1 + key_len;
+        let (v, used) = cbor_number(b.get(i..)?)?;
+        i += used;
+        match key {
+            b"value" => obj.value = Some(Field::Num(v)),
+            b"ts" => obj.ts = Some(Field::Num(v)),
+            _ => return None,
+        }
+    }
+    (i == b.len()).then_some(obj)
+}
+
+/// One CBOR integer or single/double float at the start of `b`, as serde_cbor hands it
+/// to the visitor (`u64`/`i64` converted with `as f64`), and the bytes it took.
+fn cbor_number(b: &[u8]) -> Option<(f64, usize)> {
+    let head = *b.first()?;
+    let arg = |len: usize| -> Option<u64> {
+        let bytes = b.get(1..1 + len)?;
+        Some(bytes.iter().fold(0u64, |acc, &x| acc << 8 | u64::from(x)))
+    };
+    let (major, info) = (head >> 5, head & 0x1f);
+    let (n, used) = match info {
+        0..=23 => (u64::from(info), 1),
+        24 => (arg(1)?, 2),
+        25 => (arg(2)?, 3),
+        26 => (arg(4)?, 5),
+        27 => (arg(8)?, 9),
+        _ => return None,
+    };
+    match (major, info) {
+        (0, _) => Some((n as f64, used)),
+        (1, _) => i64::try_from(n).ok().map(|n| ((-1 - n) as f64, used)),
+        (7, 26) => Some((f64::from(f32::from_bits(n as u32)), used)),
+        (7, 27) => Some((f64::from_bits(n), used)),
+        _ => None,
     }
 }
 
@@ -571,6 +631,111 @@ mod tests {
         );
         assert_eq!(parse_rfc3339_ms("2000-02-29T12:00:00"), None);
         assert_eq!(parse_rfc3339_ms("2001-02-29T12:00:00Z"), None);
+    }
+
+    fn cbor_head(out: &mut Vec<u8>, major: u8, n: u64) {
+        let m = major << 5;
+        match n {
+            0..=23 => out.push(m | n as u8),
+            24..=0xff => out.extend([m | 24, n as u8]),
+            0x100..=0xffff => {
+                out.push(m | 25);
+                out.extend((n as u16).to_be_bytes());
+            }
+            0x1_0000..=0xffff_ffff => {
+                out.push(m | 26);
+                out.extend((n as u32).to_be_bytes());
+            }
+            _ => {
+                out.push(m | 27);
+                out.extend(n.to_be_bytes());
+            }
+        }
+    }
+
+    /// A CBOR map of 0–3 entries with keys and values of the kinds sensors send,
+    /// including ones the fast path must leave to serde (other keys, texts, half floats).
+    fn arb_small_map() -> impl Strategy<Value = Vec<u8>> {
+        let key = prop_oneof![Just("value"), Just("ts"), Just("rh"), Just("valu")];
+        let val = prop_oneof![
+            any::<u64>().prop_map(|n| (0u8, n.to_be_bytes().to_vec())),
+            any::<u64>().prop_map(|n| (1u8, n.to_be_bytes().to_vec())),
+            any::<f32>().prop_map(|x| (2u8, x.to_bits().to_be_bytes().to_vec())),
+            any::<f64>().prop_map(|x| (3u8, x.to_bits().to_be_bytes().to_vec())),
+            (0u64..30).prop_map(|n| (0u8, n.to_be_bytes().to_vec())),
+            any::<u16>().prop_map(|h| (4u8, h.to_be_bytes().to_vec())),
+            Just((5u8, b"2024-11-21T14:00:00Z".to_vec())),
+        ];
+        (
+            prop::collection::vec((key, val), 0..4),
+            prop::collection::vec(any::<u8>(), 0..2),
+        )
+            .prop_map(|(entries, trailing)| {
+                let mut b = Vec::new();
+                cbor_head(&mut b, 5, entries.len() as u64);
+                for (k, (kind, v)) in entries {
+                    cbor_head(&mut b, 3, k.len() as u64);
+                    b.extend(k.as_bytes());
+                    let n = u64::from_be_bytes(v.clone().try_into().unwrap_or([0; 8]));
+                    match kind {
+                        0 => cbor_head(&mut b, 0, n),
+                        1 => cbor_head(&mut b, 1, n),
+                        2 => b.extend([[0xfa].as_slice(), &v].concat()),
+                        3 => b.extend([[0xfb].as_slice(), &v].concat()),
+                        4 => b.extend([[0xf9].as_slice(), &v].concat()),
+                        _ => {
+                            cbor_head(&mut b, 3, v.len() as u64);
+                            b.extend(&v);
+                        }
+                    }
+                }
+                b.extend(trailing);
+                b
+            })
+    }
+
+    #[test]
+    fn small_cbor_map_takes_the_common_shapes() {
+        let mut b = vec![0xa2, 0x65];
+        b.extend(b"value");
+        b.push(0xfb);
+        b.extend(21.5f64.to_be_bytes());
+        b.extend([0x62, b't', b's', 0x1b]);
+        b.extend(1_732_200_000_000u64.to_be_bytes());
+        assert!(small_cbor_map(&b).is_some());
+        check(&b, Ok(vec![("temp", 1_732_200_000_000, 21.5)]));
+        // `{"value": -3}` and `{"value": 1.5f32}`
+        check(
+            &[0xa1, 0x65, b'v', b'a', b'l', b'u', b'e', 0x22],
+            Ok(vec![("temp", 5_000, -3.0)]),
+        );
+        let mut f = vec![0xa1, 0x65];
+        f.extend(b"value");
+        f.push(0xfa);
+        f.extend(1.5f32.to_bits().to_be_bytes());
+        check(&f, Ok(vec![("temp", 5_000, 1.5)]));
+        b.push(0x00);
+        assert!(
+            small_cbor_map(&b).is_none(),
+            "trailing bytes go to the general path"
+        );
+    }
+
+    proptest! {
+        /// The fast path and serde_cbor agree wherever the fast path answers, down to
+        /// the error; everything it declines decodes exactly as before.
+        #[test]
+        fn small_cbor_map_agrees_with_serde(b in arb_small_map()) {
+            let series = key();
+            let via = |obj: Result<Object<'_>, DecodeError>| {
+                let mut out = Vec::new();
+                obj.and_then(|o| o.into_readings(series.clone(), 5_000, &mut out))
+                    .map(|()| out.iter().map(|r| (r.ts_ms, r.value.to_bits())).collect::<Vec<_>>())
+            };
+            if let Some(fast) = small_cbor_map(&b) {
+                prop_assert_eq!(via(Ok(fast)), via(cbor_object(&b)));
+            }
+        }
     }
 
     proptest! {
