@@ -13,6 +13,8 @@ need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
 command -v cc >/dev/null || need+=(gcc libc6-dev)
+# The .deb install test builds a throwaway Debian root (tests/it/package.rs).
+command -v debootstrap >/dev/null || need+=(debootstrap)
 if ((${#need[@]})); then
   echo "==> installing ${need[*]}"
   if [ "$(id -u)" = 0 ]; then
