@@ -41,32 +41,25 @@ interval_ms=$(( 1000 * 1000 / rate ))
 
 # Prints "peak_rss_kb anon_kb file_kb threads seconds published" for one load run.
 load() { # port, label, pid to watch
-  local p="$1" label="$2" pid="$3" peak=0 anon=0 file=0 threads=0 r
+  local p="$1" label="$2" pid="$3" peak=0 anon=0 file=0 threads=0
   local rounds=$(( secs * 1000 / interval_ms ))
   "$sim" simulate --broker "127.0.0.1:$p" --devices "$devices" --metrics "$metrics" \
     --interval "${interval_ms}ms" --rounds "$rounds" >"$dir/sim-$label.log" 2>&1 &
   local simpid=$!
   local start=$SECONDS
-  while kill -0 "$simpid" 2>/dev/null; do
-    r="$(status_kb "$pid" VmRSS)"
+  sample() { # keeps the peak and what made it up
+    local r; r="$(status_kb "$pid" VmRSS)"
     if ((r > peak)); then
       peak=$r anon="$(status_kb "$pid" RssAnon)" file="$(status_kb "$pid" RssFile)"
       threads="$(status_kb "$pid" Threads)"
       [ -n "${FOOTPRINT_SMAPS:-}" ] && [ "$label" = agent ] && cp "/proc/$pid/smaps" "$FOOTPRINT_SMAPS" 2>/dev/null
     fi
     sleep 0.2
-  done
+  }
+  while kill -0 "$simpid" 2>/dev/null; do sample; done
   local took=$(( SECONDS - start ))
   local until=$(( SECONDS + settle ))
-  while ((SECONDS < until)); do
-    r="$(status_kb "$pid" VmRSS)"
-    if ((r > peak)); then
-      peak=$r anon="$(status_kb "$pid" RssAnon)" file="$(status_kb "$pid" RssFile)"
-      threads="$(status_kb "$pid" Threads)"
-      [ -n "${FOOTPRINT_SMAPS:-}" ] && [ "$label" = agent ] && cp "/proc/$pid/smaps" "$FOOTPRINT_SMAPS" 2>/dev/null
-    fi
-    sleep 0.2
-  done
+  while ((SECONDS < until)); do sample; done
   local sent; sent="$(grep -o 'published=[0-9]*' "$dir/sim-$label.log" | cut -d= -f2)"
   echo "$peak $anon $file $threads $took ${sent:-0}"
 }

@@ -459,18 +459,29 @@ impl Root {
         out
     }
 
-    /// `state check` as the service user (it writes a scratch copy beside the store).
-    fn state_check(&self) -> String {
-        let out = self.run(&[
+    /// A command run as the service user, as systemd's `User=`/`Group=` would.
+    fn as_service_user(&self, args: &[&str]) -> Command {
+        let mut all = vec![
             "setpriv",
             "--reuid=fieldline",
             "--regid=fieldline",
             "--init-groups",
-            "/usr/bin/fieldline-agent",
-            "state",
-            "check",
-            "/var/lib/fieldline/state",
-        ]);
+        ];
+        all.extend_from_slice(args);
+        self.command(&all)
+    }
+
+    /// `state check` as the service user (it writes a scratch copy beside the store).
+    fn state_check(&self) -> String {
+        let out = self
+            .as_service_user(&[
+                "/usr/bin/fieldline-agent",
+                "state",
+                "check",
+                "/var/lib/fieldline/state",
+            ])
+            .output()
+            .expect("chroot");
         assert_eq!(out.status.code(), Some(0), "state check: {out:?}");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
@@ -479,11 +490,7 @@ impl Root {
     /// waits until its window result is in the outbox (the offline uplink says so) and
     /// stops it with SIGTERM.
     fn run_agent_once(&self, mqtt: u16, logs: &Path) {
-        let mut cmd = self.command(&[
-            "setpriv",
-            "--reuid=fieldline",
-            "--regid=fieldline",
-            "--init-groups",
+        let mut cmd = self.as_service_user(&[
             "/usr/bin/fieldline-agent",
             "run",
             "--config",

@@ -348,8 +348,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn positions_continue_after_compaction_and_reopen() {
+    /// A store whose ingest log holds `n` empty entries (positions 1..=n).
+    fn log_with(n: u64) -> (tempfile::TempDir, Store, IngestLog) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &Default::default()).unwrap();
         let mut log = IngestLog::open(&store).unwrap();
@@ -358,9 +358,15 @@ mod tests {
             events: vec![],
             post_tick: 5,
         };
-        for _ in 0..3 {
+        for _ in 0..n {
             log.append(&e).unwrap();
         }
+        (dir, store, log)
+    }
+
+    #[test]
+    fn positions_continue_after_compaction_and_reopen() {
+        let (_dir, store, mut log) = log_with(3);
         assert_eq!(log.compact(3).unwrap(), 3);
         let log = IngestLog::open(&store).unwrap();
         assert_eq!(log.last_pos(), 3, "compacted positions are not reused");
@@ -369,18 +375,8 @@ mod tests {
 
     #[test]
     fn compaction_in_several_batches_removes_exactly_the_covered_entries() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &Default::default()).unwrap();
-        let mut log = IngestLog::open(&store).unwrap();
-        let e = LogEntry {
-            pre_tick: None,
-            events: vec![],
-            post_tick: 5,
-        };
         let total = 3 * COMPACT_BATCH as u64 + 7;
-        for _ in 0..total {
-            log.append(&e).unwrap();
-        }
+        let (_dir, _store, mut log) = log_with(total);
         let through = 2 * COMPACT_BATCH as u64 + 5;
         assert_eq!(log.compact(through).unwrap(), through as usize);
         let left: Vec<u64> = log.tail(0).map(|r| r.unwrap().0).collect();
