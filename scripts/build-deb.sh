@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Builds the fieldline-agent .deb with dpkg-deb (no extra tooling needed).
-#   scripts/build-deb.sh [--target TRIPLE] [--profile PROFILE] [--binary PATH] [--out DIR] [--compression xz|none]
-# --binary packages an existing binary instead of building one (the package test
-# uses it to inspect the layout without a release build).
+#   scripts/build-deb.sh [--target TRIPLE] [--profile PROFILE] [--binary PATH] [--out DIR]
+#                        [--compression xz|none] [--version VERSION]
+# --binary packages an existing binary instead of building one (the package tests
+# use it to inspect and install the package without a release build).
+# --version overrides the workspace version (e.g. 0.1.0+git20261201 for snapshots;
+# the install test builds a newer one to upgrade to).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fieldline/target}"
-target="" profile="gateway" binary="" out="$root/target/deb" compression="xz"
+target="" profile="gateway" binary="" out="$root/target/deb" compression="xz" version=""
 while (($#)); do
   case "$1" in
     --target) target="$2"; shift 2 ;;
@@ -14,7 +17,8 @@ while (($#)); do
     --binary) binary="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --compression) compression="$2"; shift 2 ;;
-    *) echo "usage: $0 [--target TRIPLE] [--profile PROFILE] [--binary PATH] [--out DIR] [--compression xz|none]" >&2; exit 2 ;;
+    --version) version="$2"; shift 2 ;;
+    *) echo "usage: $0 [--target TRIPLE] [--profile PROFILE] [--binary PATH] [--out DIR] [--compression xz|none] [--version VERSION]" >&2; exit 2 ;;
   esac
 done
 
@@ -24,7 +28,7 @@ case "${target:-$(rustc -vV | sed -n 's/^host: //p')}" in
   armv7-*) arch=armhf ;;
   *) echo "error: no Debian architecture known for target '$target'" >&2; exit 2 ;;
 esac
-version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -n1)"
+[ -n "$version" ] || version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -n1)"
 
 if [ -z "$binary" ]; then
   args=(build --locked --profile "$profile" -p fieldline-agent)
@@ -52,12 +56,14 @@ install -d "$stage/DEBIAN"
 install -m 0755 "$pkg/debian/postinst" "$pkg/debian/prerm" "$pkg/debian/postrm" "$stage/DEBIAN/"
 echo /etc/fieldline/agent.toml > "$stage/DEBIAN/conffiles"
 size_kb="$(du -sk "$stage" --exclude=DEBIAN | cut -f1)"
+# ca-certificates: without `[uplink] ca_file` the uplink trusts the system store, and
+# the HTTP client refuses to start when that store is empty (seen on a minbase root).
 cat > "$stage/DEBIAN/control" <<CONTROL
 Package: fieldline-agent
 Version: $version
 Architecture: $arch
 Maintainer: Fieldline developers <dev@fieldline.invalid>
-Depends: libc6 (>= 2.34), adduser
+Depends: libc6 (>= 2.34), adduser, ca-certificates
 Section: net
 Priority: optional
 Installed-Size: $size_kb

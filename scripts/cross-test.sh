@@ -12,6 +12,9 @@
 #     rust-web-src gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf \
 #     libc6-dev-armhf-cross qemu-user-static redis-server mosquitto-clients
 # aarch64 links against Debian's prebuilt std; armv7 builds std from rust-web-src.
+# Not part of scripts/test.sh (CI): from cold it takes 40-75 min on 2 shared cores, far
+# over CI's budget (docs/BENCHMARKS.md); run it before a release or after dependency
+# changes. CROSS_TARGET_DIR / CARGO_TARGET_DIR_HOST choose the target dirs.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 which="${1:-all}"
@@ -99,7 +102,10 @@ TOML
   echo "smoke ok: $triple agent under $qemu: MQTT in, window result in Redis, clean exit; stripped size $(stat -c %s "$bin") bytes"
 }
 
-[ -x "$host_target/debug/fieldline-fleet" ] || (cd "$root" && cargo build --locked -p fieldline-fleet)
+# The fleet server runs on the host: built with the host toolchain into the host target
+# dir (not Debian's rustc and the cross target dir exported above).
+[ -x "$host_target/debug/fieldline-fleet" ] || (cd "$root" && env -u RUSTC -u RUSTDOC \
+  CARGO_TARGET_DIR="$host_target" cargo build --locked -p fieldline-fleet)
 if [ "$which" = aarch64 ] || [ "$which" = all ]; then
   build aarch64-unknown-linux-gnu
   smoke aarch64-unknown-linux-gnu qemu-aarch64-static /usr/aarch64-linux-gnu

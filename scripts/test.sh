@@ -16,6 +16,8 @@ command -v cc >/dev/null || need+=(gcc libc6-dev)
 # The web UI's end-to-end tests drive a real headless Chromium over WebDriver.
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+# The .deb install test builds a throwaway Debian root (tests/it/package.rs).
+command -v debootstrap >/dev/null || need+=(debootstrap)
 if ((${#need[@]})); then
   echo "==> installing ${need[*]}"
   if [ "$(id -u)" = 0 ]; then

@@ -124,6 +124,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
+    tune_malloc();
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {
@@ -373,8 +374,34 @@ fn nab(data: &std::path::Path, out: &std::path::Path) -> ExitCode {
     }
 }
 
+/// glibc raises its mmap threshold each time a large mmapped block is freed (up to
+/// 32 MiB); blocks of that size then come from the thread arenas, whose holes stay
+/// resident. rumqttd's log segments (Vecs of several MiB, dropped as the log rolls)
+/// trigger exactly that: about 4 MiB more RSS at 10,000 msg/s (docs/BENCHMARKS.md).
+/// Fixing the threshold at glibc's initial 128 KiB keeps large blocks in mmap, so
+/// freeing one returns it to the kernel. An operator's MALLOC_MMAP_THRESHOLD_ wins.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn tune_malloc() {
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; it runs before any other
+        // thread exists, and a failure (return 0) leaves glibc's default in place.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_malloc() {}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    // Two workers carry the agent (one runs the ingest loop, the other the uplink and
+    // heartbeats); tokio's default of one per core would add, on a 4-core Pi, two more
+    // threads with their own stacks and malloc arenas for nothing (docs/BENCHMARKS.md).
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(2));
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
         .context("cannot start the async runtime")
