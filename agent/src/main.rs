@@ -86,6 +86,10 @@ enum Command {
         /// Seed of the random walk.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Every N rounds one series (chosen by the seed) reads a spike, so attached
+        /// detectors have something to find (default: never).
+        #[arg(long)]
+        spike_every: Option<u64>,
     },
     /// Numenta Anomaly Benchmark: stream every `<category>/<file>.csv` under DATA
     /// (header `timestamp,value`) through the default anomaly detector, one row at a time,
@@ -145,6 +149,7 @@ fn main() -> ExitCode {
             interval,
             rounds,
             seed,
+            spike_every,
         } => runtime().and_then(|rt| {
             rt.block_on(async {
                 let (host, port) = broker
@@ -161,6 +166,7 @@ fn main() -> ExitCode {
                         interval,
                         rounds,
                         seed,
+                        spike_every: spike_every.filter(|n| *n > 0),
                     },
                     shutdown,
                 )

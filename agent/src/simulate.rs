@@ -15,6 +15,8 @@ pub struct SimulateOptions {
     /// Stop after this many rounds (one reading per series per round); None = forever.
     pub rounds: Option<u64>,
     pub seed: u64,
+    /// Every this many rounds one series reads a spike (the walk itself is unchanged).
+    pub spike_every: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +27,8 @@ pub enum SimulateError {
     Publish(String),
 }
 
-/// Publishes a random walk per series as `{"value": v, "ts": ms}` with QoS 1.
+/// Publishes a random walk per series as `{"value": v, "ts": ms}` with QoS 1, plus a
+/// one-reading spike on one series every `spike_every` rounds.
 /// Returns the number of readings published.
 pub async fn run(opts: SimulateOptions, shutdown: CancellationToken) -> Result<u64, SimulateError> {
     let mut mqtt = MqttOptions::new(
@@ -74,6 +77,11 @@ pub async fn run(opts: SimulateOptions, shutdown: CancellationToken) -> Result<u
             _ = tick.tick() => {}
         }
         let ts = fieldline_common::now_ms();
+        let series = values.len();
+        let spike = opts
+            .spike_every
+            .filter(|n| round > 0 && round % n == 0)
+            .map(|_| rng.usize(..series));
         let mut failed = None;
         for (i, (device, metric)) in opts
             .devices
@@ -82,7 +90,8 @@ pub async fn run(opts: SimulateOptions, shutdown: CancellationToken) -> Result<u
             .enumerate()
         {
             values[i] += rng.f64() - 0.5;
-            let payload = format!(r#"{{"value": {:.3}, "ts": {ts}}}"#, values[i]);
+            let value = values[i] + if spike == Some(i) { 25.0 } else { 0.0 };
+            let payload = format!(r#"{{"value": {value:.3}, "ts": {ts}}}"#);
             if let Err(e) = client
                 .publish(
                     format!("sensors/{device}/{metric}"),

@@ -117,7 +117,9 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
             &config,
             format!(
                 "[agent]\nid = \"{id}\"\ndata_dir = \"{}\"\n\n[mqtt]\nlisten = \"127.0.0.1:{mqtt_port}\"\n\n\
-                 [window]\nsize = \"5s\"\nmax_out_of_orderness = \"1s\"\n\n[uplink]\nfleet_url = \"http://{fleet_addr}\"\nheartbeat_interval = \"2s\"\n",
+                 [[pipeline]]\nname = \"demo\"\nwindow = {{ kind = \"tumbling\", size = \"5s\" }}\n\
+                 watermark = {{ max_out_of_orderness = \"1s\" }}\n\
+                 detectors = [{{ kind = \"zscore\", window = 30, threshold = 6.0 }}]\n\n[uplink]\nfleet_url = \"http://{fleet_addr}\"\nheartbeat_interval = \"2s\"\n",
                 dir.join(&id).display()
             ),
         )?;
@@ -158,6 +160,8 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
                 "temp,pressure",
             ])
             .args(["--interval", "500ms", "--seed", &i.to_string()])
+            // A spike every ~20 s so the Anomalies page has something to show.
+            .args(["--spike-every", "40"])
             .stdout(Stdio::null())
             .stderr(log_file(&dir, &format!("{id}-sim.log"))?)
             .spawn()?;

@@ -6,6 +6,7 @@
 mod alerts;
 mod cli;
 mod crash;
+mod demo;
 mod e2e;
 mod engine;
 mod firmware;
