@@ -80,7 +80,7 @@ pub async fn run(opts: SimulateOptions, shutdown: CancellationToken) -> Result<u
         let series = values.len();
         let spike = opts
             .spike_every
-            .filter(|n| round > 0 && round % n == 0)
+            .filter(|n| round > 0 && round.is_multiple_of(*n))
             .map(|_| rng.usize(..series));
         let mut failed = None;
         for (i, (device, metric)) in opts
