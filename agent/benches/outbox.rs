@@ -41,6 +41,7 @@ fn window(i: u64) -> RecordBody {
         revision: 0,
         pipeline: String::new(),
         aggregates: Default::default(),
+        unit: String::new(),
     })
 }
 

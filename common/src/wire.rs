@@ -51,6 +51,10 @@ pub struct WindowResult {
     /// Further aggregates by name, e.g. `stddev`, `p99`, `rate`.
     #[serde(default)]
     pub aggregates: BTreeMap<String, f64>,
+    /// Unit of the values (the pipeline's `unit`); left out when empty so records
+    /// without one encode exactly as before and older peers read them unchanged.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub unit: String,
 }
 
 /// A reading that arrived after its window closed, kept as its own record when the

@@ -45,6 +45,7 @@ fn batch(first_seq: u64, n: u64) -> Vec<Record> {
                     revision: 0,
                     pipeline: String::new(),
                     aggregates: Default::default(),
+                    unit: String::new(),
                 }),
             }
         })

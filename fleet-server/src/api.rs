@@ -1004,13 +1004,7 @@ async fn agent_windows(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     validate_agent_id(&id)?;
-    let series: Vec<_> = st
-        .ui
-        .hub
-        .windows(&id)
-        .into_iter()
-        .map(|(series, points)| serde_json::json!({ "series": series, "points": points }))
-        .collect();
+    let series = st.ui.hub.windows(&id);
     Ok(Json(serde_json::json!({ "agent": id, "series": series })))
 }
 

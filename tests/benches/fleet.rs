@@ -86,6 +86,7 @@ fn window(seq: u64) -> Record {
             revision: 0,
             pipeline: "default".into(),
             aggregates: Default::default(),
+            unit: String::new(),
         }),
     }
 }

@@ -144,6 +144,7 @@ fn window(seq: u64, count: u64) -> Record {
             revision: 0,
             pipeline: String::new(),
             aggregates: Default::default(),
+            unit: String::new(),
         }),
     }
 }

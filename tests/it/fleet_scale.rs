@@ -35,6 +35,7 @@ fn window(seq: u64) -> Record {
             revision: 0,
             pipeline: String::new(),
             aggregates: Default::default(),
+            unit: String::new(),
         }),
     }
 }

@@ -90,6 +90,7 @@ fn window(seq: u64, count: u64) -> Record {
             revision: 0,
             pipeline: "p".into(),
             aggregates: [("p99".to_string(), 1.25)].into_iter().collect(),
+            unit: String::new(),
         }),
     }
 }

@@ -275,6 +275,7 @@ name = "pressure"
 metrics = ["pressure"]
 window = { kind = "tumbling", size = "1s" }
 aggregates = ["max"]
+unit = "bar"
 [[pipeline.detector]]
 kind = "threshold"
 max = 90.0
@@ -419,6 +420,12 @@ fn browser_steps(
     b.click("a[href='#/agent/gw-ui']")?;
     b.wait_text("#agent-series", "boiler/temp", long)?;
     b.wait_text("#agent-charts figcaption", "boiler/temp", long)?;
+    // gw-ui's default pipeline has no unit: the axis does not invent one.
+    b.wait_text(
+        "#agent-charts figcaption",
+        "y: temp in the sensor's unit",
+        long,
+    )?;
     let points = b.eval(
         "return document.querySelector('#agent-charts polyline').getAttribute('points').split(' ').length",
     )?;
@@ -567,6 +574,8 @@ fn browser_steps(
     b.goto(&format!("{base}/ui/#/agent/gw-anom"))?;
     b.wait_text("#agent-anomalies", "value 97.5 above max 90", long)?;
     b.wait_text("#agent-anomalies", "rate of change", long)?;
+    // Its pipeline has `unit = "bar"`: the window chart's axis says so.
+    b.wait_text("#agent-charts figcaption", "y: bar", long)?;
     b.eval("document.querySelector('#agent-anomalies').scrollIntoView(); return 1")?;
     b.screenshot("agent-anomalies");
 

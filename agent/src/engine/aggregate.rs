@@ -30,6 +30,8 @@ pub struct AggSpec {
     quantiles: Vec<f64>,
     sketch: bool,
     pub(crate) reduce: Option<ReduceFn>,
+    /// Copied into every result: one short clone per result, nothing per reading.
+    unit: String,
 }
 
 impl std::fmt::Debug for AggSpec {
@@ -37,6 +39,7 @@ impl std::fmt::Debug for AggSpec {
         f.debug_struct("AggSpec")
             .field("extra", &self.extra)
             .field("reduce", &self.reduce.is_some())
+            .field("unit", &self.unit)
             .finish()
     }
 }
@@ -66,7 +69,14 @@ impl AggSpec {
                 .collect(),
             sketch: aggs.iter().any(|a| matches!(a, Aggregate::Quantile(_))),
             reduce: None,
+            unit: String::new(),
         }
+    }
+
+    /// The unit of the values the job aggregates (after its map).
+    pub fn with_unit(mut self, unit: &str) -> Self {
+        self.unit = unit.to_string();
+        self
     }
 
     pub fn with_reduce(mut self, f: ReduceFn) -> Self {
@@ -223,6 +233,7 @@ impl AggSpec {
             revision,
             pipeline: pipeline.to_string(),
             aggregates,
+            unit: self.unit.clone(),
         }
     }
 }

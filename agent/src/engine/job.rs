@@ -289,6 +289,7 @@ impl Job {
             .watermark(cfg.watermark)
             .late(cfg.late)
             .max_series(cfg.max_series, cfg.series_overflow)
+            .unit(&cfg.unit)
             .aggregate(&cfg.aggregates)
             .named(&cfg.name)
     }

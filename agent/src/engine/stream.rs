@@ -127,6 +127,7 @@ impl KeyedStream {
             watermark: super::job::DEFAULT_WATERMARK,
             late: None,
             cap: None,
+            unit: String::new(),
         }
     }
 }
@@ -140,9 +141,16 @@ pub struct WindowedStream {
     watermark: WatermarkConfig,
     late: Option<LateConfig>,
     cap: Option<(usize, SeriesOverflow)>,
+    unit: String,
 }
 
 impl WindowedStream {
+    /// The unit of the values after the stream's maps, copied into every result.
+    pub fn unit(mut self, unit: &str) -> Self {
+        self.unit = unit.to_string();
+        self
+    }
+
     pub fn watermark(mut self, w: WatermarkConfig) -> Self {
         self.watermark = w;
         self
@@ -172,6 +180,7 @@ impl WindowedStream {
     }
 
     fn build(self, aggs: AggSpec) -> Job {
+        let aggs = aggs.with_unit(&self.unit);
         let mut job = Job::new(self.steps, self.key, self.window, aggs);
         job.watermark = self.watermark;
         if let Some(late) = self.late {

@@ -456,3 +456,43 @@ fn straggler_after_a_key_was_dropped_is_still_late() {
     assert_eq!(windows(&out).len(), 1);
     assert_eq!(j.stats().late_dropped, 1);
 }
+
+#[test]
+fn a_pipeline_unit_is_on_every_result_and_absent_without_one() {
+    let cfg = fieldline_common::config::AgentConfig::from_toml(
+        "t.toml",
+        r#"
+[agent]
+id = "t"
+[[pipeline]]
+name = "f"
+map = { scale = 1.8, offset = 32.0 }
+window = { kind = "count", count = 2 }
+unit = "°F"
+[[pipeline]]
+name = "bare"
+window = { kind = "count", count = 2 }
+"#,
+        Vec::new(),
+    )
+    .expect("config");
+    let readings = [1, 2, 3, 4].map(|t| reading("a", t, 0.0));
+    let mut with = Job::from_config(&cfg.pipelines[0]);
+    let ws = windows(&run(&mut with, &readings));
+    assert_eq!(ws.len(), 2);
+    assert!(
+        ws.iter().all(|w| w.unit == "°F" && w.mean == 32.0),
+        "{ws:?}"
+    );
+    let mut bare = Job::from_config(&cfg.pipelines[1]);
+    assert!(windows(&run(&mut bare, &readings))
+        .iter()
+        .all(|w| w.unit.is_empty()));
+    // The fluent API sets it too.
+    let mut fluent = DataStream::new()
+        .key_by(KeyBy::Series)
+        .window(WindowSpec::Count { count: 2 })
+        .unit("bar")
+        .aggregate(&[]);
+    assert_eq!(windows(&run(&mut fluent, &readings))[0].unit, "bar");
+}

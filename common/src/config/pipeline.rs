@@ -45,7 +45,13 @@ pub struct PipelineConfig {
     /// Local MQTT topic template for anomaly records; `None`: not published.
     pub alert_topic: Option<String>,
     pub sinks: Vec<Sink>,
+    /// Unit of the pipeline's output values (after `map`, which may convert units);
+    /// empty when unknown. Copied into every window result for charts.
+    pub unit: String,
 }
+
+/// Longest `unit`, in bytes: a label, not free text.
+pub const MAX_UNIT_BYTES: usize = 32;
 
 /// What the windows are keyed by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
@@ -255,6 +261,8 @@ pub(super) struct RawPipeline {
     alert_topic: Option<String>,
     #[serde(default = "default_sinks")]
     sinks: Vec<String>,
+    #[serde(default)]
+    unit: String,
 }
 
 #[derive(Deserialize)]
@@ -378,6 +386,7 @@ pub fn default_pipeline(w: &WindowConfig) -> PipelineConfig {
         detectors: vec![],
         alert_topic: Some(DEFAULT_ALERT_TOPIC.to_string()),
         sinks: vec![Sink::Outbox],
+        unit: String::new(),
     }
 }
 
@@ -483,6 +492,22 @@ fn check(
                 format!("must not be below value_min ({lo})"),
             );
         }
+    }
+    if raw.unit.len() > MAX_UNIT_BYTES {
+        problem(
+            problems,
+            "unit",
+            format!(
+                "must be at most {MAX_UNIT_BYTES} bytes, got {}",
+                raw.unit.len()
+            ),
+        );
+    } else if raw.unit.chars().any(char::is_control) {
+        problem(
+            problems,
+            "unit",
+            format!("{:?} must not contain control characters", raw.unit),
+        );
     }
     if !raw.map.scale.is_finite() || !raw.map.offset.is_finite() {
         problem(
@@ -788,6 +813,7 @@ fn check(
         detectors,
         alert_topic,
         sinks,
+        unit: raw.unit,
     }
 }
 
@@ -862,6 +888,31 @@ window = { kind = "count", count = 5 }
         assert_eq!(p.sinks, [Sink::Outbox, Sink::Mqtt("fieldline/p1".into())]);
         assert_eq!((p.scale, p.offset, p.key_by), (2.0, 0.0, KeyBy::Metric));
         assert_eq!(cfg.pipelines[1].aggregates, Aggregate::all());
+        assert_eq!(cfg.pipelines[1].unit, "");
+    }
+
+    #[test]
+    fn unit_is_carried_and_bad_units_are_rejected_with_their_path() {
+        let rule = |unit: &str| {
+            format!(
+                "[[pipeline]]\nname = \"p\"\nwindow = {{ kind = \"count\", count = 5 }}\nunit = {unit}\n"
+            )
+        };
+        assert_eq!(load(&rule("\"°C\"")).unwrap().pipelines[0].unit, "°C");
+        assert_eq!(
+            load(&rule(&format!("\"{}\"", "x".repeat(33)))).unwrap_err(),
+            ["pipeline[0].unit: must be at most 32 bytes, got 33"]
+        );
+        assert_eq!(
+            load(&rule("\"k\\nPa\"")).unwrap_err(),
+            ["pipeline[0].unit: \"k\\nPa\" must not contain control characters"]
+        );
+        assert!(
+            load("[window]\nsize = \"30s\"\n").unwrap().pipelines[0]
+                .unit
+                .is_empty(),
+            "the default pipeline has no unit"
+        );
     }
 
     #[test]

@@ -368,6 +368,10 @@ pub fn entry(record: &Record) -> Entry {
                     ("revision", w.revision.to_string().into_bytes()),
                     ("pipeline", w.pipeline.clone().into_bytes()),
                 ]);
+                if !w.unit.is_empty() {
+                    // Only when known, so entries of unit-less pipelines stay as before.
+                    fields.push(("unit", w.unit.clone().into_bytes()));
+                }
                 // Extra aggregates become `agg.<name>` fields, so they cannot collide
                 // with the fixed ones.
                 let extra = w
@@ -497,6 +501,39 @@ mod tests {
             ("score", "1.5"),
         ]);
         assert!(update_of(&a).unwrap_err().contains("outside [0, 1]"));
+    }
+
+    #[test]
+    fn a_window_entry_has_a_unit_field_only_when_the_pipeline_has_one() {
+        let mut w = fieldline_common::wire::WindowResult {
+            series: fieldline_common::wire::SeriesKey::new("boiler", "temp"),
+            start_ms: 0,
+            end_ms: 1000,
+            count: 1,
+            sum: 1.0,
+            mean: 1.0,
+            min: 1.0,
+            max: 1.0,
+            revision: 0,
+            pipeline: "p".into(),
+            aggregates: Default::default(),
+            unit: String::new(),
+        };
+        let unit_of = |w: &fieldline_common::wire::WindowResult| {
+            let e = entry(&Record {
+                seq: 1,
+                created_ms: 0,
+                body: RecordBody::Window(w.clone()),
+            });
+            assert!(!e.dead);
+            e.fields
+                .iter()
+                .find(|(k, _)| *k == "unit")
+                .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+        };
+        assert_eq!(unit_of(&w), None);
+        w.unit = "°C".into();
+        assert_eq!(unit_of(&w).as_deref(), Some("°C"));
     }
 
     #[test]

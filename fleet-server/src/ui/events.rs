@@ -59,6 +59,9 @@ pub enum Event {
     Window {
         agent: String,
         series: String,
+        /// The pipeline's unit; left out when unknown.
+        #[serde(skip_serializing_if = "String::is_empty")]
+        unit: String,
         point: Point,
     },
     DeadLetter {
@@ -90,8 +93,24 @@ impl Event {
 struct Recent {
     anomalies: VecDeque<AnomalyEvent>,
     /// agent → series → points, oldest first.
-    windows: HashMap<String, HashMap<String, VecDeque<Point>>>,
+    windows: HashMap<String, HashMap<String, Recorded>>,
     series: usize,
+}
+
+/// The recent points of one series and their unit (one per series, not per point).
+#[derive(Default)]
+struct Recorded {
+    unit: String,
+    points: VecDeque<Point>,
+}
+
+/// One series of [`Hub::windows`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SeriesWindows {
+    pub series: String,
+    /// Empty when the pipeline has no `unit`.
+    pub unit: String,
+    pub points: Vec<Point>,
 }
 
 pub struct Hub {
@@ -161,10 +180,11 @@ impl Hub {
                             max: w.max,
                             count: w.count,
                         };
-                        if self.keep_point(&mut recent, agent, &name, &point) && live {
+                        if self.keep_point(&mut recent, agent, &name, &w.unit, &point) && live {
                             events.push(Event::Window {
                                 agent: agent.to_string(),
                                 series: name.clone(),
+                                unit: w.unit.clone(),
                                 point,
                             });
                         }
@@ -184,13 +204,24 @@ impl Hub {
         }
     }
 
-    fn keep_point(&self, recent: &mut Recent, agent: &str, name: &str, point: &Point) -> bool {
+    fn keep_point(
+        &self,
+        recent: &mut Recent,
+        agent: &str,
+        name: &str,
+        unit: &str,
+        point: &Point,
+    ) -> bool {
         let Recent {
             windows, series, ..
         } = recent;
         // The common case, a known series: two lookups, no allocation.
-        if let Some(points) = windows.get_mut(agent).and_then(|m| m.get_mut(name)) {
-            add_point(points, point);
+        if let Some(rec) = windows.get_mut(agent).and_then(|m| m.get_mut(name)) {
+            if rec.unit != unit {
+                // The pipeline's config changed: the newest unit labels the chart.
+                rec.unit = unit.to_string();
+            }
+            add_point(&mut rec.points, point);
             return true;
         }
         if *series >= MAX_SERIES {
@@ -198,12 +229,15 @@ impl Hub {
             return false;
         }
         *series += 1;
-        let mut points = VecDeque::new();
-        add_point(&mut points, point);
+        let mut rec = Recorded {
+            unit: unit.to_string(),
+            points: VecDeque::new(),
+        };
+        add_point(&mut rec.points, point);
         windows
             .entry(agent.to_string())
             .or_default()
-            .insert(name.to_string(), points);
+            .insert(name.to_string(), rec);
         true
     }
 
@@ -221,18 +255,22 @@ impl Hub {
     }
 
     /// Recent window results of every series of `agent`, sorted by series.
-    pub fn windows(&self, agent: &str) -> Vec<(String, Vec<Point>)> {
+    pub fn windows(&self, agent: &str) -> Vec<SeriesWindows> {
         let recent = self.recent.lock().expect("hub lock");
         let mut out: Vec<_> = recent
             .windows
             .get(agent)
             .map(|m| {
                 m.iter()
-                    .map(|(k, v)| (k.clone(), v.iter().cloned().collect()))
+                    .map(|(k, v)| SeriesWindows {
+                        series: k.clone(),
+                        unit: v.unit.clone(),
+                        points: v.points.iter().cloned().collect(),
+                    })
                     .collect()
             })
             .unwrap_or_default();
-        out.sort_by(|a: &(String, Vec<Point>), b| a.0.cmp(&b.0));
+        out.sort_by(|a, b| a.series.cmp(&b.series));
         out
     }
 
@@ -276,6 +314,7 @@ mod tests {
                 revision: 0,
                 pipeline: String::new(),
                 aggregates: Default::default(),
+                unit: String::new(),
             }),
         }
     }
@@ -288,15 +327,33 @@ mod tests {
         hub.ingested("gw", &[window(3, 3000, 9.0)], 6);
         let w = hub.windows("gw");
         assert_eq!(w.len(), 1);
-        assert_eq!(w[0].0, "boiler/temp");
-        let ends: Vec<_> = w[0].1.iter().map(|p| (p.end_ms, p.mean)).collect();
+        assert_eq!(w[0].series, "boiler/temp");
+        let ends: Vec<_> = w[0].points.iter().map(|p| (p.end_ms, p.mean)).collect();
         assert_eq!(ends, vec![(1000, 2.0), (3000, 9.0)]);
         assert_eq!(rx.try_recv().unwrap().name(), "window");
         for i in 0..(MAX_POINTS as i64 + 10) {
             hub.ingested("gw", &[window(10 + i as u64, 10_000 + i * 1000, 0.0)], 7);
         }
-        assert_eq!(hub.windows("gw")[0].1.len(), MAX_POINTS);
+        assert_eq!(hub.windows("gw")[0].points.len(), MAX_POINTS);
         assert!(hub.windows("other").is_empty());
+    }
+
+    #[test]
+    fn the_pipeline_unit_reaches_the_chart_data_and_the_live_event() {
+        let hub = Hub::default();
+        let mut rx = hub.subscribe();
+        hub.ingested("gw", &[window(1, 1000, 1.0)], 5);
+        assert_eq!(hub.windows("gw")[0].unit, "");
+        let json = serde_json::to_value(&*rx.try_recv().unwrap()).unwrap();
+        assert!(json.get("unit").is_none(), "no unit, no field: {json}");
+        let mut with_unit = window(2, 2000, 2.0);
+        if let RecordBody::Window(w) = &mut with_unit.body {
+            w.unit = "°C".into();
+        }
+        hub.ingested("gw", &[with_unit], 6);
+        assert_eq!(hub.windows("gw")[0].unit, "°C");
+        let json = serde_json::to_value(&*rx.try_recv().unwrap()).unwrap();
+        assert_eq!(json["unit"], "°C", "{json}");
     }
 
     #[test]

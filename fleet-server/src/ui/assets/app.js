@@ -370,11 +370,13 @@ function chart(name, points) {
   return svg;
 }
 
-// Window records carry no unit (sensors send bare values), so the axis names the
-// metric and says the unit is the sensor's instead of guessing one.
-function unitOf(series) {
+// The unit comes from the pipeline's `unit` key; without one (sensors send bare
+// values) the axis names the metric and says the unit is the sensor's instead of
+// guessing one.
+function yLabel(series, unit) {
+  if (unit) return unit;
   const metric = series.split(' ')[0].split('/').pop();
-  return metric;
+  return `${metric} in the sensor's unit`;
 }
 
 PAGES.agent = (root, [id]) => {
@@ -399,6 +401,7 @@ PAGES.agent = (root, [id]) => {
     } catch (e) { labelsMsg.textContent = e.message; }
   });
   const data = {};
+  const units = {};
   const chartEls = {};
   function drawChart(name) {
     const pts = data[name] || [];
@@ -410,7 +413,7 @@ PAGES.agent = (root, [id]) => {
     }
     const lastP = pts[pts.length - 1];
     card.replaceChildren(
-      h('figcaption', {}, h('strong', {}, name), ` · window mean with min–max band; y: ${unitOf(name)} in the sensor's unit`,
+      h('figcaption', {}, h('strong', {}, name), ` · window mean with min–max band; y: ${yLabel(name, units[name])}`,
         lastP ? h('span', { class: 'muted' }, ` · latest ${fmtNum(lastP.mean)} (${lastP.count} readings)`) : null),
       chart(name, pts));
   }
@@ -424,7 +427,7 @@ PAGES.agent = (root, [id]) => {
   let anomaliesSeen = [];
   async function loadWindows() {
     const w = await api('GET', `/api/v1/agents/${encodeURIComponent(id)}/windows`);
-    for (const s of w.series) { data[s.series] = s.points; drawChart(s.series); }
+    for (const s of w.series) { data[s.series] = s.points; units[s.series] = s.unit; drawChart(s.series); }
     if (!w.series.length && !charts.children.length) charts.append(h('p', { class: 'muted', id: 'no-charts' }, 'no window results received since this fleet server started'));
   }
   function drawAnomalies() {
@@ -465,6 +468,7 @@ PAGES.agent = (root, [id]) => {
     onWindow(w) {
       if (w.agent !== id) return;
       const pts = data[w.series] || (data[w.series] = []);
+      units[w.series] = w.unit;
       const i = pts.findIndex((p) => p.end_ms === w.point.end_ms);
       if (i >= 0) pts[i] = w.point; else { pts.push(w.point); pts.sort((a, b) => a.end_ms - b.end_ms); }
       if (pts.length > 240) pts.shift();
