@@ -20,40 +20,6 @@ window = 20
 threshold = 4.0
 "#;
 
-fn spawn_configured_agent(dir: &std::path::Path, id: &str, fleet_url: &str) -> Agent {
-    let mqtt_port = free_port();
-    let config = agent_config(dir, id, mqtt_port, fleet_url, PIPELINES);
-    if fleet_url_up(fleet_url) {
-        enroll_agent(&config);
-    }
-    run_agent(dir, id, config, mqtt_port)
-}
-
-/// Starts (or restarts, with its data dir as it is) the agent of `config`.
-fn run_agent(dir: &std::path::Path, id: &str, config: std::path::PathBuf, mqtt_port: u16) -> Agent {
-    let proc = Proc::spawn(
-        id,
-        Command::new(bin("fieldline-agent"))
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .env("FIELDLINE_LOG", "info,fieldline_agent=debug"),
-        dir,
-    );
-    wait_for_port(mqtt_port);
-    Agent {
-        mqtt_port,
-        proc,
-        config,
-    }
-}
-
-fn fleet_url_up(url: &str) -> bool {
-    url.rsplit_once(':')
-        .and_then(|(_, p)| p.parse::<u16>().ok())
-        .is_some_and(|p| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok())
-}
-
 /// `mosquitto_sub -d -v -q 1` on `filter`; its output (debug lines and `topic payload`
 /// lines) goes to its log. Returns once the broker acknowledged the subscription.
 fn subscribe(dir: &std::path::Path, name: &str, port: u16, filter: &str) -> Proc {
@@ -163,7 +129,7 @@ fn a_spike_is_one_local_alert_and_one_anomaly_record_in_the_fleet() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let redis = spawn_redis(tmp.path());
     let fleet = spawn_fleet(&redis.url(), tmp.path());
-    let agent = spawn_configured_agent(tmp.path(), "gw-alerts", &fleet.url());
+    let agent = spawn_agent_with(tmp.path(), "gw-alerts", &fleet.url(), PIPELINES);
     let alerts = subscribe(tmp.path(), "sub-alerts", agent.mqtt_port, "alerts/#");
     let windows = subscribe(
         tmp.path(),
@@ -260,7 +226,7 @@ fn a_spike_is_one_local_alert_and_one_anomaly_record_in_the_fleet() {
 fn an_offline_fleet_does_not_stop_local_alerts() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let nowhere = format!("http://127.0.0.1:{}", free_port());
-    let agent = spawn_configured_agent(tmp.path(), "gw-offline", &nowhere);
+    let agent = spawn_agent_with(tmp.path(), "gw-offline", &nowhere, PIPELINES);
     let alerts = subscribe(tmp.path(), "sub-offline", agent.mqtt_port, "alerts/#");
     let spike_ts = publish_spike(agent.mqtt_port, "pump2");
     wait_until("the alert", Duration::from_secs(20), || {
@@ -280,7 +246,7 @@ fn detector_state_survives_a_restart_and_a_crash_duplicates_no_anomaly() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let redis = spawn_redis(tmp.path());
     let fleet = spawn_fleet(&redis.url(), tmp.path());
-    let mut agent = spawn_configured_agent(tmp.path(), "gw-restart", &fleet.url());
+    let mut agent = spawn_agent_with(tmp.path(), "gw-restart", &fleet.url(), PIPELINES);
     let (config, port) = (agent.config.clone(), agent.mqtt_port);
     let mut conn = redis.conn();
     let windows = |conn: &mut redis::Connection| {

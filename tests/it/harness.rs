@@ -320,7 +320,7 @@ pub fn enroll_agent(config: &Path) {
     );
 }
 
-fn fleet_reachable(fleet_url: &str) -> bool {
+pub fn fleet_reachable(fleet_url: &str) -> bool {
     fleet_url
         .rsplit_once(':')
         .and_then(|(_, port)| port.trim_end_matches('/').parse::<u16>().ok())
@@ -340,6 +340,11 @@ pub fn spawn_agent_with(dir: &Path, id: &str, fleet_url: &str, extra: &str) -> A
     if !dir.join(id).join("fleet-credential").exists() && fleet_reachable(fleet_url) {
         enroll_agent(&config);
     }
+    run_agent(dir, id, config, mqtt_port)
+}
+
+/// Starts (or restarts, with its data dir as it is) the agent of `config`.
+pub fn run_agent(dir: &Path, id: &str, config: PathBuf, mqtt_port: u16) -> Agent {
     let proc = Proc::spawn(
         id,
         Command::new(bin("fieldline-agent"))
