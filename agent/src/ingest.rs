@@ -291,16 +291,7 @@ impl Processor {
     /// The seed's `checkpoint(name) -> id`: commits engine state, ingest-log position
     /// and outbox `seq` atomically, then compacts the log up to that position.
     pub fn checkpoint(&mut self, name: &str, now_ms: i64) -> Result<u64, IngestError> {
-        // The snapshot includes the pending idle tick; log it so the log covers
-        // everything the snapshot reflects (repeating it on replay changes nothing).
-        if let Some(t) = self.pending_tick.take() {
-            let entry = LogEntry {
-                pre_tick: Some(t),
-                events: Vec::new(),
-                post_tick: t,
-            };
-            self.log.append(&entry)?;
-        }
+        self.log_pending_tick()?;
         let state = self.pipeline.snapshot();
         let pos = self.log.last_pos();
         let id = self
@@ -316,6 +307,20 @@ impl Processor {
             "checkpoint"
         );
         Ok(id)
+    }
+
+    /// The snapshot includes the pending idle tick: logs it so the log covers
+    /// everything the snapshot reflects (repeating it on replay changes nothing).
+    fn log_pending_tick(&mut self) -> Result<(), IngestError> {
+        if let Some(t) = self.pending_tick.take() {
+            let entry = LogEntry {
+                pre_tick: Some(t),
+                events: Vec::new(),
+                post_tick: t,
+            };
+            self.log.append(&entry)?;
+        }
+        Ok(())
     }
 
     /// The seed's `restore(id)`: replaces the engine state with checkpoint `id`'s.
@@ -627,6 +632,10 @@ mod tests {
                         false
                     }
                     Op::Checkpoint => {
+                        // What the checkpoint logs itself (the pending idle tick, whose
+                        // effect its snapshot holds) is compacted away at once: collect
+                        // it first, or the reference misses that tick.
+                        p.log_pending_tick().unwrap();
                         logged.extend(log_entries(&p));
                         p.checkpoint(AUTO, now).unwrap();
                         false

@@ -272,19 +272,20 @@ impl Attached {
             return;
         }
         let Some(value) = self.admit(r) else { return };
-        if !self.series.contains_key(&r.series) {
-            if !self.attachments.iter().any(|a| a.applies(&r.series)) {
-                return;
+        // One lookup for a known series (every reading but its first).
+        let state = match self.series.get_mut(&r.series) {
+            Some(state) => state,
+            None => {
+                if !self.attachments.iter().any(|a| a.applies(&r.series)) {
+                    return;
+                }
+                if self.series.len() >= self.max_series {
+                    self.stats.series_rejected += 1;
+                    return;
+                }
+                let state = self.new_series(&r.series);
+                self.series.entry(r.series.clone()).or_insert(state)
             }
-            if self.series.len() >= self.max_series {
-                self.stats.series_rejected += 1;
-                return;
-            }
-            let state = self.new_series(&r.series);
-            self.series.insert(r.series.clone(), state);
-        }
-        let Some(state) = self.series.get_mut(&r.series) else {
-            return;
         };
         state.last_value = value;
         for (a, slot) in self.attachments.iter().zip(state.slots.iter_mut()) {

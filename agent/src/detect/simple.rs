@@ -40,7 +40,8 @@ impl ThresholdDetector {
 
 impl Detector for ThresholdDetector {
     fn save_state(&self, out: &mut StateWriter) -> bool {
-        self.save(out)
+        self.save(out);
+        true
     }
     fn load_state(&mut self, input: &mut StateReader) -> bool {
         self.load(input).is_some()
@@ -121,7 +122,8 @@ impl ZScoreDetector {
 
 impl Detector for ZScoreDetector {
     fn save_state(&self, out: &mut StateWriter) -> bool {
-        self.save(out)
+        self.save(out);
+        true
     }
     fn load_state(&mut self, input: &mut StateReader) -> bool {
         self.load(input).is_some()
@@ -217,7 +219,8 @@ impl EwmaDetector {
 
 impl Detector for EwmaDetector {
     fn save_state(&self, out: &mut StateWriter) -> bool {
-        self.save(out)
+        self.save(out);
+        true
     }
     fn load_state(&mut self, input: &mut StateReader) -> bool {
         self.load(input).is_some()
@@ -307,7 +310,8 @@ fn median_in_place(v: &mut [f64]) -> f64 {
 
 impl Detector for MadDetector {
     fn save_state(&self, out: &mut StateWriter) -> bool {
-        self.save(out)
+        self.save(out);
+        true
     }
     fn load_state(&mut self, input: &mut StateReader) -> bool {
         self.load(input).is_some()
@@ -377,7 +381,8 @@ impl RateOfChangeDetector {
 
 impl Detector for RateOfChangeDetector {
     fn save_state(&self, out: &mut StateWriter) -> bool {
-        self.save(out)
+        self.save(out);
+        true
     }
     fn load_state(&mut self, input: &mut StateReader) -> bool {
         self.load(input).is_some()
@@ -451,7 +456,8 @@ impl FlatLineDetector {
 
 impl Detector for FlatLineDetector {
     fn save_state(&self, out: &mut StateWriter) -> bool {
-        self.save(out)
+        self.save(out);
+        true
     }
     fn load_state(&mut self, input: &mut StateReader) -> bool {
         self.load(input).is_some()
@@ -548,7 +554,8 @@ impl MissingDataDetector {
 
 impl Detector for MissingDataDetector {
     fn save_state(&self, out: &mut StateWriter) -> bool {
-        self.save(out)
+        self.save(out);
+        true
     }
     fn load_state(&mut self, input: &mut StateReader) -> bool {
         self.load(input).is_some()
@@ -664,10 +671,9 @@ impl Detector for WarmUp {
 // Checkpoint state: the learned fields only (parameters come from the spec).
 
 impl ThresholdDetector {
-    fn save(&self, w: &mut StateWriter) -> bool {
+    fn save(&self, w: &mut StateWriter) {
         w.f64(self.last);
         w.f64(self.last_score);
-        true
     }
     fn load(&mut self, r: &mut StateReader) -> Option<()> {
         self.last = r.f64()?;
@@ -677,7 +683,7 @@ impl ThresholdDetector {
 }
 
 impl ZScoreDetector {
-    fn save(&self, w: &mut StateWriter) -> bool {
+    fn save(&self, w: &mut StateWriter) {
         w.f64s(&self.buf);
         w.u64(self.pos as u64);
         w.u64(self.len as u64);
@@ -691,7 +697,6 @@ impl ZScoreDetector {
         ] {
             w.f64(v);
         }
-        true
     }
     fn load(&mut self, r: &mut StateReader) -> Option<()> {
         r.f64s_into(&mut self.buf)?;
@@ -710,12 +715,11 @@ impl ZScoreDetector {
 }
 
 impl EwmaDetector {
-    fn save(&self, w: &mut StateWriter) -> bool {
+    fn save(&self, w: &mut StateWriter) {
         for v in [self.mean, self.var, self.last_z, self.last_value] {
             w.f64(v);
         }
         w.u64(self.n);
-        true
     }
     fn load(&mut self, r: &mut StateReader) -> Option<()> {
         self.mean = r.f64()?;
@@ -728,7 +732,7 @@ impl EwmaDetector {
 }
 
 impl MadDetector {
-    fn save(&self, w: &mut StateWriter) -> bool {
+    fn save(&self, w: &mut StateWriter) {
         // `scratch` is rewritten from `buf` before every use: not state.
         w.f64s(&self.buf);
         w.u64(self.pos as u64);
@@ -736,7 +740,6 @@ impl MadDetector {
         for v in [self.last_z, self.last_median, self.last_value] {
             w.f64(v);
         }
-        true
     }
     fn load(&mut self, r: &mut StateReader) -> Option<()> {
         r.f64s_into(&mut self.buf)?;
@@ -753,13 +756,12 @@ impl MadDetector {
 }
 
 impl RateOfChangeDetector {
-    fn save(&self, w: &mut StateWriter) -> bool {
+    fn save(&self, w: &mut StateWriter) {
         w.bool(self.prev.is_some());
         let (t, v) = self.prev.unwrap_or((0, 0.0));
         w.i64(t);
         w.f64(v);
         w.f64(self.last_rate);
-        true
     }
     fn load(&mut self, r: &mut StateReader) -> Option<()> {
         let some = r.bool()?;
@@ -771,13 +773,12 @@ impl RateOfChangeDetector {
 }
 
 impl FlatLineDetector {
-    fn save(&self, w: &mut StateWriter) -> bool {
+    fn save(&self, w: &mut StateWriter) {
         w.f64(self.run_value);
         w.i64(self.run_start_ms);
         w.u64(self.run_len);
         w.bool(self.started);
         w.i64(self.last_ms);
-        true
     }
     fn load(&mut self, r: &mut StateReader) -> Option<()> {
         self.run_value = r.f64()?;
@@ -790,13 +791,12 @@ impl FlatLineDetector {
 }
 
 impl MissingDataDetector {
-    fn save(&self, w: &mut StateWriter) -> bool {
+    fn save(&self, w: &mut StateWriter) {
         w.f64(self.est_interval_ms);
         w.u64(self.intervals_seen);
         w.bool(self.last_ts.is_some());
         w.i64(self.last_ts.unwrap_or(0));
         w.i64(self.last_gap_ms);
-        true
     }
     fn load(&mut self, r: &mut StateReader) -> Option<()> {
         self.est_interval_ms = r.f64()?;
@@ -810,6 +810,7 @@ impl MissingDataDetector {
 }
 
 impl WarmUp {
+    /// False when the wrapped detector cannot save its state.
     fn save(&self, w: &mut StateWriter) -> bool {
         w.u64(self.seen);
         self.inner.save_state(w)
