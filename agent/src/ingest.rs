@@ -226,12 +226,13 @@ impl Processor {
     /// Logs and processes one batch of messages.
     pub fn ingest(&mut self, msgs: &[Message], now_ms: i64) -> Result<usize, IngestError> {
         let mut events = Vec::with_capacity(msgs.len());
+        let mut readings = Vec::new();
         for msg in msgs {
-            match self.pipeline.decode(msg) {
-                Ok(readings) => {
+            match self.pipeline.decode_into(msg, &mut readings) {
+                Ok(()) => {
                     self.counters
                         .add(&self.counters.readings_decoded, readings.len() as u64);
-                    events.extend(readings.into_iter().map(|reading| LogEvent::Reading {
+                    events.extend(readings.drain(..).map(|reading| LogEvent::Reading {
                         arrival_ms: msg.arrival_ms,
                         reading,
                     }));

@@ -77,6 +77,9 @@ pub struct Pipeline {
     reported: JobStats,
     /// (anomalies, detector series rejected) already added to `counters`.
     reported_detectors: (u64, u64),
+    /// Readings of the message [`Pipeline::handle`] is processing: one buffer for
+    /// every message instead of a vector each.
+    decoded: Vec<Reading>,
 }
 
 fn ms(d: Duration) -> i64 {
@@ -116,6 +119,7 @@ impl Pipeline {
             counters,
             reported: JobStats::default(),
             reported_detectors: (0, 0),
+            decoded: Vec::new(),
         }
     }
 
@@ -334,23 +338,34 @@ impl Pipeline {
     /// Decodes one message into readings, or the dead letter that keeps it. Pure:
     /// no state changes, so decoded readings can be logged before they are processed.
     pub fn decode(&self, msg: &Message) -> Result<Vec<Reading>, DeadLetter> {
-        self.decode_one(msg).map_err(|reason| DeadLetter {
-            topic: msg.topic.clone(),
-            payload: msg.payload.clone(),
-            reason,
-            received_ms: msg.arrival_ms,
+        let mut readings = Vec::with_capacity(1);
+        self.decode_into(msg, &mut readings)?;
+        Ok(readings)
+    }
+
+    /// [`Pipeline::decode`] appending to `out`; on a dead letter `out` is as it was.
+    pub fn decode_into(&self, msg: &Message, out: &mut Vec<Reading>) -> Result<(), DeadLetter> {
+        let before = out.len();
+        self.decode_one(msg, out).map_err(|reason| {
+            out.truncate(before);
+            DeadLetter {
+                topic: msg.topic.clone(),
+                payload: msg.payload.clone(),
+                reason,
+                received_ms: msg.arrival_ms,
+            }
         })
     }
 
-    fn decode_one(&self, msg: &Message) -> Result<Vec<Reading>, String> {
+    fn decode_one(&self, msg: &Message, out: &mut Vec<Reading>) -> Result<(), String> {
         let series = self
             .template
             .series(&msg.topic)
             .map_err(|e| e.to_string())?;
-        let mut readings = Vec::with_capacity(1);
-        payload::decode_owned(series, &msg.payload, msg.arrival_ms, &mut readings)
+        let before = out.len();
+        payload::decode_owned(series, &msg.payload, msg.arrival_ms, out)
             .map_err(|e| e.to_string())?;
-        for reading in &readings {
+        for reading in &out[before..] {
             if reading.ts_ms > msg.arrival_ms.saturating_add(self.max_future_ms) {
                 return Err(format!(
                     "timestamp {} of {} is {} ms ahead of the agent clock (window.max_future)",
@@ -360,7 +375,7 @@ impl Pipeline {
                 ));
             }
         }
-        Ok(readings)
+        Ok(())
     }
 
     /// Feeds one decoded reading to every pipeline; `arrival_ms` is the agent clock
@@ -375,13 +390,16 @@ impl Pipeline {
 
     /// Decodes and processes one message (dead letters go to `out` too).
     pub fn handle(&mut self, msg: &Message, out: &mut Vec<RecordBody>) {
-        match self.decode(msg) {
-            Ok(readings) => {
+        let mut readings = std::mem::take(&mut self.decoded);
+        readings.clear();
+        match self.decode_into(msg, &mut readings) {
+            Ok(()) => {
                 self.counters
                     .add(&self.counters.readings_decoded, readings.len() as u64);
                 for r in &readings {
                     self.process(r, msg.arrival_ms, out);
                 }
+                self.decoded = readings;
             }
             Err(dead) => {
                 self.counters.inc(&self.counters.dead_letters);

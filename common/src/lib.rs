@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`wire`]: records, batches and heartbeats exchanged between agent and fleet.
+//! - [`aggregates`]: the named aggregates of a window result, encoded as a map.
 //! - [`codec`]: the only place that touches CBOR (serde_cbor is unmaintained, so it
 //!   stays behind this one module).
 //! - [`payload`]: decoding of sensor payloads (JSON, CBOR, SenML, bare number).
@@ -15,6 +16,7 @@
 //! **Boundary**: this crate does no IO beyond reading a config file and has no tokio,
 //! sled, redis or axum dependency, so both binaries and future tools can share it.
 
+pub mod aggregates;
 pub mod civil;
 pub mod codec;
 pub mod config;

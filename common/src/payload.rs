@@ -234,7 +234,7 @@ fn senml_readings(
             let metric = if r.name.is_empty() {
                 series.metric.clone()
             } else {
-                r.name
+                r.name.into()
             };
             push(
                 out,
@@ -385,7 +385,7 @@ impl Object<'_> {
                 out,
                 SeriesKey {
                     device: series.device.clone(),
-                    metric: format!("{}.{name}", series.metric),
+                    metric: compact_str::format_compact!("{}.{name}", series.metric),
                 },
                 ts_ms,
                 v,
@@ -510,7 +510,7 @@ mod tests {
         });
         let expected = expected.map(|v| {
             v.into_iter()
-                .map(|(m, t, x)| (m.to_string(), t, x))
+                .map(|(m, t, x)| (m.into(), t, x))
                 .collect::<Vec<_>>()
         });
         assert_eq!(

@@ -3,9 +3,9 @@
 //! Every message carries a protocol version `v`; a receiver rejects versions it does
 //! not know instead of guessing. See `docs/PROTOCOL.md`.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
+
+pub use crate::aggregates::Aggregates;
 
 /// Version of the agent↔fleet wire protocol described in `docs/PROTOCOL.md`.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -13,12 +13,17 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// Identifies one time series: the device that sent it and the metric it measures.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SeriesKey {
-    pub device: String,
-    pub metric: String,
+    pub device: Name,
+    pub metric: Name,
 }
 
+/// A device or metric name: a string stored inline up to 24 bytes (sensor names
+/// nearly always are), so a key is built, cloned and compared without the heap.
+/// Serialized as a plain string.
+pub type Name = compact_str::CompactString;
+
 impl SeriesKey {
-    pub fn new(device: impl Into<String>, metric: impl Into<String>) -> Self {
+    pub fn new(device: impl Into<Name>, metric: impl Into<Name>) -> Self {
         Self {
             device: device.into(),
             metric: metric.into(),
@@ -50,7 +55,7 @@ pub struct WindowResult {
     pub pipeline: String,
     /// Further aggregates by name, e.g. `stddev`, `p99`, `rate`.
     #[serde(default)]
-    pub aggregates: BTreeMap<String, f64>,
+    pub aggregates: Aggregates,
     /// Unit of the values (the pipeline's `unit`); left out when empty so records
     /// without one encode exactly as before and older peers read them unchanged.
     #[serde(default, skip_serializing_if = "String::is_empty")]

@@ -10,11 +10,10 @@
 //! time windows (see `job.rs`) and in the accumulator for session and count windows.
 //! See `docs/ARCHITECTURE.md` for the measured budget per series.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use fieldline_common::config::pipeline::Aggregate;
-use fieldline_common::wire::{SeriesKey, WindowResult};
+use fieldline_common::wire::{Aggregates, SeriesKey, WindowResult};
 use serde::{Deserialize, Serialize};
 
 use super::sketch::Sketch;
@@ -25,7 +24,9 @@ pub type ReduceFn = Arc<dyn Fn(f64, f64) -> f64 + Send + Sync>;
 /// Which aggregates a pipeline reports.
 #[derive(Clone)]
 pub struct AggSpec {
-    extra: Vec<(String, Aggregate)>,
+    /// Sorted by name, so a result's [`Aggregates`] is built by appending; the names
+    /// are shared with every result (a reference count, not a copy).
+    extra: Vec<(Arc<str>, Aggregate)>,
     /// The quantiles among `extra`, in order.
     quantiles: Vec<f64>,
     sketch: bool,
@@ -53,20 +54,21 @@ impl AggSpec {
             Aggregate::Min,
             Aggregate::Max,
         ];
+        let mut extra: Vec<(Arc<str>, Aggregate)> = aggs
+            .iter()
+            .filter(|a| !core.contains(a))
+            .map(|a| (Arc::from(a.name()), *a))
+            .collect();
+        extra.sort_by(|a, b| a.0.cmp(&b.0));
         Self {
-            extra: aggs
+            quantiles: extra
                 .iter()
-                .filter(|a| !core.contains(a))
-                .map(|a| (a.name(), *a))
-                .collect(),
-            quantiles: aggs
-                .iter()
-                .filter(|a| !core.contains(a))
-                .filter_map(|a| match a {
+                .filter_map(|(_, a)| match a {
                     Aggregate::Quantile(q) => Some(*q),
                     _ => None,
                 })
                 .collect(),
+            extra,
             sketch: aggs.iter().any(|a| matches!(a, Aggregate::Quantile(_))),
             reduce: None,
             unit: String::new(),
@@ -179,7 +181,8 @@ impl AggSpec {
         end_ms: i64,
         revision: u32,
     ) -> WindowResult {
-        let mut aggregates = BTreeMap::new();
+        let mut aggregates =
+            Aggregates::with_capacity(self.extra.len() + usize::from(acc.reduced.is_some()));
         let n = acc.count as f64;
         let sketch = panes.or(acc.sketch.as_deref());
         // The first quantiles in one walk over the sketch; more than that one each.
@@ -215,11 +218,11 @@ impl AggSpec {
             };
             // Undefined values (rate of a single reading) are left out rather than NaN.
             if let Some(v) = v.filter(|v| v.is_finite()) {
-                aggregates.insert(name.clone(), v);
+                aggregates.push(name, v);
             }
         }
         if let Some(r) = acc.reduced {
-            aggregates.insert("reduce".into(), r);
+            aggregates.insert("reduce", r);
         }
         WindowResult {
             series: series.clone(),

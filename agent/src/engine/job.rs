@@ -323,8 +323,8 @@ impl Job {
             .iter()
             .flatten()
             .map(|k| {
-                k.key.device.capacity()
-                    + k.key.metric.capacity()
+                heap_bytes(&k.key.device)
+                    + heap_bytes(&k.key.metric)
                     + k.windows.capacity() * std::mem::size_of::<Win>()
                     + k.windows
                         .iter()
@@ -419,7 +419,7 @@ impl Job {
     }
 
     fn key_of(&self, r: &Reading) -> Option<SeriesKey> {
-        let any = || "*".to_string();
+        let any = || fieldline_common::wire::Name::const_new("*");
         match &self.key {
             KeySelector::By(KeyBy::Series) => None,
             KeySelector::By(KeyBy::Device) => Some(SeriesKey {
@@ -1056,6 +1056,15 @@ fn table_bytes<T>(capacity: usize) -> usize {
     }
     let buckets = (capacity * 8 / 7).next_power_of_two();
     buckets * (std::mem::size_of::<T>() + 1) + 16
+}
+
+/// Heap bytes of a name: none when it is stored inline (up to 24 bytes).
+fn heap_bytes(name: &fieldline_common::wire::Name) -> usize {
+    if name.is_heap_allocated() {
+        name.capacity()
+    } else {
+        0
+    }
 }
 
 fn deadline(w: &Win, lateness: i64) -> i64 {

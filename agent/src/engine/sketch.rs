@@ -9,8 +9,10 @@
 //! zero are collapsed into one (only quantiles that fall in the collapsed range lose
 //! the guarantee; that needs a dynamic range above γ^2048 ≈ 10^8.9 within one window).
 //!
-//! Bytes: 80 + 4 per bucket (per sign). Sensor data in a narrow range (21.0–25.0 °C)
-//! spans ~23 buckets, so a sketch is ~170 bytes; the worst case is 80 + 2 × 8 KiB.
+//! Bytes: 80 inline, then per sign either 8 per distinct bucket (up to 16 of them:
+//! a window or pane of a few dozen readings) or 4 per bucket of the range spanned
+//! (sensor data in a narrow range, 21.0–25.0 °C, spans ~18 buckets); the worst case
+//! is 80 + 2 × 8 KiB.
 
 use serde::{Deserialize, Serialize};
 
@@ -34,13 +36,182 @@ fn gamma() -> f64 {
     (1.0 + RELATIVE_ACCURACY) / (1.0 - RELATIVE_ACCURACY)
 }
 
+/// Distinct buckets a store keeps as `(index, count)` pairs before it switches to a
+/// dense array. A pane of a few dozen readings stays sparse: ~100 bytes instead of
+/// 4 bytes for every bucket its range spans (~250 for a sensor's ±30 % band), which
+/// is most of the engine's state per series, and state that fits the caches is what
+/// makes the engine fast (docs/BENCHMARKS.md, engine section).
+const SPARSE_MAX: usize = 16;
+
+/// The counts of one sign. Sparse or dense is a memory choice only: the buckets and
+/// counts (and so every quantile) are the same either way, equality compares them,
+/// and both serialize as the dense form snapshots have always held.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "Dense", into = "Dense")]
+enum Store {
+    /// Ascending by index, counts > 0, at most [`SPARSE_MAX`] entries.
+    Sparse(Vec<(i32, u32)>),
+    Dense(Dense),
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::Sparse(Vec::new())
+    }
+}
+
+impl PartialEq for Store {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter()
+            .filter(|b| b.1 > 0)
+            .eq(other.iter().filter(|b| b.1 > 0))
+    }
+}
+
+impl Store {
+    fn add(&mut self, index: i32, n: u32) {
+        match self {
+            Self::Dense(d) => d.add(index, n),
+            Self::Sparse(v) => match v.binary_search_by_key(&index, |b| b.0) {
+                Ok(i) => v[i].1 = v[i].1.saturating_add(n),
+                Err(i) => {
+                    let lo = v.first().map_or(index, |b| b.0.min(index));
+                    let hi = v.last().map_or(index, |b| b.0.max(index));
+                    let span = i64::from(hi) - i64::from(lo) + 1;
+                    if v.len() < SPARSE_MAX && span <= MAX_BUCKETS as i64 {
+                        v.insert(i, (index, n));
+                    } else {
+                        let mut d = Dense::default();
+                        d.counts.reserve_exact((span as usize).min(MAX_BUCKETS));
+                        for &(i, c) in v.iter() {
+                            d.add(i, c);
+                        }
+                        d.add(index, n);
+                        *self = Self::Dense(d);
+                    }
+                }
+            },
+        }
+    }
+
+    fn merge(&mut self, other: &Store) {
+        for (i, c) in other.iter() {
+            if c > 0 {
+                self.add(i, c);
+            }
+        }
+    }
+
+    /// `(index, count)` ascending by index (dense stores include zero counts).
+    fn iter(&self) -> Iter<'_> {
+        match self {
+            Self::Sparse(v) => Iter::Sparse(v.iter()),
+            Self::Dense(d) => Iter::Dense(d.offset, d.counts.iter().enumerate()),
+        }
+    }
+
+    /// An empty store with room for what `self` holds (and a quarter more).
+    fn empty_like(&self) -> Self {
+        match self {
+            Self::Sparse(v) => Self::Sparse(Vec::with_capacity(v.len() + v.len() / 4)),
+            Self::Dense(d) => {
+                let n = d.counts.len();
+                Self::Dense(Dense {
+                    offset: 0,
+                    counts: Vec::with_capacity(n + n / 4),
+                })
+            }
+        }
+    }
+
+    /// Empty, keeping the memory.
+    fn clear(&mut self) {
+        match self {
+            Self::Sparse(v) => v.clear(),
+            Self::Dense(d) => {
+                d.counts.clear();
+                d.offset = 0;
+            }
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Self::Sparse(v) => v.capacity() * std::mem::size_of::<(i32, u32)>(),
+            Self::Dense(d) => d.counts.capacity() * 4,
+        }
+    }
+}
+
+/// Every bucket from `offset` on, zeros included: the snapshot form, and the
+/// in-memory form once a store holds more than [`SPARSE_MAX`] buckets.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-struct Store {
+struct Dense {
     offset: i32,
     counts: Vec<u32>,
 }
 
-impl Store {
+impl From<Dense> for Store {
+    /// A restored store is sparse again when that is what it would have been.
+    fn from(d: Dense) -> Self {
+        let used = d.counts.iter().filter(|c| **c > 0).count();
+        if used <= SPARSE_MAX && d.counts.len() <= MAX_BUCKETS {
+            let mut v = Vec::with_capacity(used);
+            v.extend(
+                d.counts
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| **c > 0)
+                    .map(|(i, c)| (d.offset + i as i32, *c)),
+            );
+            Self::Sparse(v)
+        } else {
+            Self::Dense(d)
+        }
+    }
+}
+
+impl From<Store> for Dense {
+    fn from(s: Store) -> Self {
+        match s {
+            Store::Dense(d) => d,
+            Store::Sparse(v) => {
+                let mut d = Dense::default();
+                for (i, c) in v {
+                    d.add(i, c);
+                }
+                d
+            }
+        }
+    }
+}
+
+enum Iter<'a> {
+    Sparse(std::slice::Iter<'a, (i32, u32)>),
+    Dense(i32, std::iter::Enumerate<std::slice::Iter<'a, u32>>),
+}
+
+impl Iterator for Iter<'_> {
+    type Item = (i32, u32);
+
+    fn next(&mut self) -> Option<(i32, u32)> {
+        match self {
+            Self::Sparse(it) => it.next().copied(),
+            Self::Dense(offset, it) => it.next().map(|(i, c)| (*offset + i as i32, *c)),
+        }
+    }
+}
+
+impl DoubleEndedIterator for Iter<'_> {
+    fn next_back(&mut self) -> Option<(i32, u32)> {
+        match self {
+            Self::Sparse(it) => it.next_back().copied(),
+            Self::Dense(offset, it) => it.next_back().map(|(i, c)| (*offset + i as i32, *c)),
+        }
+    }
+}
+
+impl Dense {
     fn add(&mut self, index: i32, n: u32) {
         if self.counts.is_empty() {
             self.offset = index;
@@ -76,18 +247,6 @@ impl Store {
             self.counts[0] = collapsed;
             self.offset += cut as i32;
         }
-    }
-
-    fn merge(&mut self, other: &Store) {
-        for (i, c) in other.counts.iter().enumerate() {
-            if *c > 0 {
-                self.add(other.offset + i as i32, *c);
-            }
-        }
-    }
-
-    fn bytes(&self) -> usize {
-        self.counts.capacity() * 4
     }
 }
 
@@ -128,21 +287,19 @@ impl Sketch {
     /// An empty sketch with room for the buckets `self` spans (and a quarter more),
     /// for a pane that will likely see values like its neighbour's.
     pub fn empty_like(&self) -> Self {
-        let mut s = Self::new();
-        for (to, from) in [(&mut s.pos, &self.pos), (&mut s.neg, &self.neg)] {
-            let n = from.counts.len();
-            to.counts.reserve_exact(n + n / 4);
+        Self {
+            pos: self.pos.empty_like(),
+            neg: self.neg.empty_like(),
+            zero: 0,
+            count: 0,
         }
-        s
     }
 
     /// Empties the sketch, keeping its buckets' memory for reuse.
     /// Equal to [`Sketch::new`] afterwards.
     pub fn clear(&mut self) {
-        for store in [&mut self.pos, &mut self.neg] {
-            store.counts.clear();
-            store.offset = 0;
-        }
+        self.pos.clear();
+        self.neg.clear();
         self.zero = 0;
         self.count = 0;
     }
@@ -167,20 +324,20 @@ impl Sketch {
         }
         let rank = rank(q, self.count);
         let mut seen = 0u64;
-        for (i, c) in self.neg.counts.iter().enumerate().rev() {
-            seen += u64::from(*c);
+        for (i, c) in self.neg.iter().rev() {
+            seen += u64::from(c);
             if seen > rank {
-                return Some(-Self::value(self.neg.offset + i as i32));
+                return Some(-Self::value(i));
             }
         }
         seen += self.zero;
         if seen > rank {
             return Some(0.0);
         }
-        for (i, c) in self.pos.counts.iter().enumerate() {
-            seen += u64::from(*c);
+        for (i, c) in self.pos.iter() {
+            seen += u64::from(c);
             if seen > rank {
-                return Some(Self::value(self.pos.offset + i as i32));
+                return Some(Self::value(i));
             }
         }
         None
@@ -217,18 +374,18 @@ impl Sketch {
                 *next += 1;
             }
         };
-        for (i, c) in self.neg.counts.iter().enumerate().rev() {
-            seen += u64::from(*c);
-            take(seen, Bucket::Neg(self.neg.offset + i as i32), &mut next);
+        for (i, c) in self.neg.iter().rev() {
+            seen += u64::from(c);
+            take(seen, Bucket::Neg(i), &mut next);
         }
         seen += self.zero;
         take(seen, Bucket::Zero, &mut next);
-        for (i, c) in self.pos.counts.iter().enumerate() {
+        for (i, c) in self.pos.iter() {
             if next == ranks.len() {
                 break;
             }
-            seen += u64::from(*c);
-            take(seen, Bucket::Pos(self.pos.offset + i as i32), &mut next);
+            seen += u64::from(c);
+            take(seen, Bucket::Pos(i), &mut next);
         }
         for (&(_, i), b) in ranks[..next].iter().zip(hits) {
             out[i] = Some(match b {
@@ -284,7 +441,10 @@ mod tests {
         assert_eq!(Sketch::new().quantile(0.5), None);
         let like = s.empty_like();
         assert_eq!(like, Sketch::new(), "sized, not filled");
-        assert!(like.bytes() >= s.pos.counts.len() * 4);
+        assert!(
+            like.bytes() >= s.pos.bytes(),
+            "room for what the model holds"
+        );
     }
 
     #[test]
@@ -295,10 +455,45 @@ mod tests {
             s.add(v);
             v *= 1.001;
         }
-        assert!(s.pos.counts.len() <= MAX_BUCKETS);
+        match &s.pos {
+            Store::Dense(d) => assert!(d.counts.len() <= MAX_BUCKETS),
+            Store::Sparse(_) => panic!("thousands of buckets are dense"),
+        }
         // Upper quantiles keep the guarantee.
         let top = s.quantile(1.0).unwrap();
         assert!(top > 1e299);
+    }
+
+    /// The same sketch with both stores forced dense (the pre-sparse layout).
+    fn dense(s: &Sketch) -> Sketch {
+        Sketch {
+            pos: Store::Dense(s.pos.clone().into()),
+            neg: Store::Dense(s.neg.clone().into()),
+            ..s.clone()
+        }
+    }
+
+    proptest! {
+        /// Sparse stores are a memory layout only: the same quantiles to the bit as
+        /// the dense layout, the same snapshot bytes, and a snapshot restores to a
+        /// sketch equal to the one saved. Few and many distinct buckets both covered.
+        #[test]
+        fn sparse_and_dense_agree(
+            values in proptest::collection::vec(prop_oneof![20.0f64..21.0, -5.0f64..5.0, 1.0f64..1e6], 0..60),
+        ) {
+            let mut s = Sketch::new();
+            values.iter().for_each(|v| s.add(*v));
+            let d = dense(&s);
+            prop_assert_eq!(&s, &d);
+            for q in [0.0, 0.1, 0.5, 0.9, 0.95, 0.99, 1.0] {
+                prop_assert_eq!(s.quantile(q).map(f64::to_bits), d.quantile(q).map(f64::to_bits));
+            }
+            let bytes = fieldline_common::codec::to_cbor(&s).unwrap();
+            prop_assert_eq!(&bytes, &fieldline_common::codec::to_cbor(&d).unwrap());
+            let back: Sketch = fieldline_common::codec::from_cbor(&bytes, 1 << 20).unwrap();
+            prop_assert_eq!(&back, &s);
+            prop_assert!(back.bytes() <= d.bytes().max(s.bytes()));
+        }
     }
 
     proptest! {

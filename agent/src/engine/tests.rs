@@ -92,7 +92,7 @@ fn model_of(out: &[WindowResult]) -> Model {
     out.iter()
         .map(|r| {
             (
-                (r.series.device.clone(), r.start_ms, r.end_ms),
+                (r.series.device.to_string(), r.start_ms, r.end_ms),
                 (r.count, r.sum),
             )
         })
@@ -251,7 +251,7 @@ proptest! {
             _ => {
                 let mut last: BTreeMap<(String, i64, i64), &WindowResult> = BTreeMap::new();
                 for w in &ws {
-                    let k = (w.series.device.clone(), w.start_ms, w.end_ms);
+                    let k = (w.series.device.to_string(), w.start_ms, w.end_ms);
                     let expected_rev = last.get(&k).map_or(0, |p| p.revision + 1);
                     prop_assert_eq!(w.revision, expected_rev);
                     last.insert(k, w);

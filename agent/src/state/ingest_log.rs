@@ -258,7 +258,7 @@ pub fn decode_entry(body: &[u8]) -> Result<LogEntry, String> {
                 events.push(LogEvent::Reading {
                     arrival_ms,
                     reading: Reading {
-                        series: SeriesKey { device, metric },
+                        series: SeriesKey::new(device, metric),
                         ts_ms,
                         value,
                     },

@@ -356,8 +356,8 @@ pub fn entry(record: &Record) -> Entry {
             } else {
                 fields.extend([
                     ("series", w.series.to_string().into_bytes()),
-                    ("device", w.series.device.clone().into_bytes()),
-                    ("metric", w.series.metric.clone().into_bytes()),
+                    ("device", w.series.device.as_bytes().to_vec()),
+                    ("metric", w.series.metric.as_bytes().to_vec()),
                     ("start_ms", w.start_ms.to_string().into_bytes()),
                     ("end_ms", w.end_ms.to_string().into_bytes()),
                     ("count", w.count.to_string().into_bytes()),
@@ -417,8 +417,8 @@ pub fn entry(record: &Record) -> Entry {
         RecordBody::Reading(r) => {
             fields.extend([
                 ("series", r.series.to_string().into_bytes()),
-                ("device", r.series.device.clone().into_bytes()),
-                ("metric", r.series.metric.clone().into_bytes()),
+                ("device", r.series.device.as_bytes().to_vec()),
+                ("metric", r.series.metric.as_bytes().to_vec()),
                 ("ts_ms", r.ts_ms.to_string().into_bytes()),
                 ("value", num(r.value)),
                 ("arrival_ms", r.arrival_ms.to_string().into_bytes()),
