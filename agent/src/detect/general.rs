@@ -38,6 +38,7 @@
 //! Cost: O(1) per point, ~9 KiB of state per series, no allocation after construction,
 //! deterministic (no randomness, no wall clock).
 
+use super::novelty::{self, Novelty};
 use super::{sanitize, Detector, StateReader, StateWriter, Suppressor, DEFAULT_ALERT_THRESHOLD};
 
 /// Bins per view histogram. With 3 bins per asinh unit this spans |z| up to ~1e9.
@@ -60,11 +61,15 @@ const WINSOR: f64 = 10.0;
 /// Number of views.
 const NV: usize = 4;
 
-const VIEW_NAMES: [&str; NV] = [
+/// Index of the continuous novelty test in [`VIEW_NAMES`] and `last_view`.
+const NOVELTY: usize = NV;
+
+const VIEW_NAMES: [&str; NV + 1] = [
     "level",
     "smoothed level",
     "step size",
     "time-of-day residual",
+    "recent context",
 ];
 
 /// Parameters of [`GeneralDetector`]. The defaults are the NAB-tuned configuration; all
@@ -111,6 +116,30 @@ pub struct GeneralConfig {
     pub likelihood_short: f64,
     /// Horizon (points) of the long-run mean and variance that short average is compared with.
     pub likelihood_long: f64,
+    /// Values per context of the continuous novelty test ([`super::novelty`]); 0 disables it.
+    pub novelty_context: usize,
+    /// Points between the values of a context.
+    pub novelty_lag: usize,
+    /// Which view's normalised value the contexts are built from (0 level, 1 smoothed level).
+    pub novelty_source: usize,
+    /// Contexts it remembers.
+    pub novelty_prototypes: usize,
+    /// Distance (asinh units of the level's running scale) within which a context matches a
+    /// remembered one instead of becoming a new one.
+    pub novelty_radius: f64,
+    /// Extra surprisal (nats) of a context farther than `novelty_radius` from every remembered one.
+    pub novelty_jump: f64,
+    /// Nats subtracted from the novelty's calibrated rarity before it competes.
+    pub novelty_discount: f64,
+    /// Contexts after which a remembered context that was not matched is forgotten (0: never).
+    pub novelty_horizon: usize,
+    /// Surprisal (nats) per asinh unit of distance to the nearest remembered context.
+    pub novelty_scale: f64,
+    /// How the novelty enters the score: 0 another competing test, 1 it replaces the level
+    /// view's point rarity, 2 it caps the level view's point rarity (both must agree).
+    pub novelty_mode: usize,
+    /// Whether the novelty also runs a likelihood test.
+    pub novelty_likelihood: bool,
 }
 
 impl Default for GeneralConfig {
@@ -135,6 +164,17 @@ impl Default for GeneralConfig {
             cooldown_points: 30,
             likelihood_short: 120.0,
             likelihood_long: 2000.0,
+            novelty_context: 0,
+            novelty_prototypes: 128,
+            novelty_lag: 1,
+            novelty_source: 0,
+            novelty_radius: 0.3,
+            novelty_scale: 3.0,
+            novelty_horizon: 0,
+            novelty_jump: 0.0,
+            novelty_discount: 0.0,
+            novelty_mode: 0,
+            novelty_likelihood: false,
         }
     }
 }
@@ -197,6 +237,30 @@ impl GeneralConfig {
                 "general: distance_nats must be >= 0, got {}",
                 self.distance_nats
             ));
+        }
+        if self.novelty_context > novelty::MAX_CONTEXT {
+            return Err(format!(
+                "general: novelty_context must be in 0..={}, got {}",
+                novelty::MAX_CONTEXT,
+                self.novelty_context
+            ));
+        }
+        if self.novelty_context > 0 {
+            if !(1..=novelty::MAX_PROTOTYPES).contains(&self.novelty_prototypes) {
+                return Err(format!(
+                    "general: novelty_prototypes must be in 1..={}, got {}",
+                    novelty::MAX_PROTOTYPES,
+                    self.novelty_prototypes
+                ));
+            }
+            pos("novelty_radius", self.novelty_radius)?;
+            pos("novelty_scale", self.novelty_scale)?;
+            if self.novelty_mode > 6 {
+                return Err(format!(
+                    "general: novelty_mode must be 0, 1 or 2, got {}",
+                    self.novelty_mode
+                ));
+            }
         }
         if self.season_period_ms <= 0 {
             return Err(format!(
@@ -278,10 +342,7 @@ struct View {
     scale: f64,
     n: u64,
     hist: Hist<NB>,
-    cal: Hist<CB>,
-    /// Surprisal above which the exponential tail applies, and its mean excess.
-    tail_u: f64,
-    tail_beta: f64,
+    calib: Calib,
 }
 
 impl View {
@@ -291,9 +352,7 @@ impl View {
             scale: 0.0,
             n: 0,
             hist: Hist::new(),
-            cal: Hist::new(),
-            tail_u: f64::INFINITY,
-            tail_beta: 1.0,
+            calib: Calib::new(),
         }
     }
 
@@ -302,25 +361,25 @@ impl View {
         w.f64(self.scale);
         w.u64(self.n);
         self.hist.save(w);
-        self.cal.save(w);
-        w.f64(self.tail_u);
-        w.f64(self.tail_beta);
+        self.calib.save(w);
     }
     fn load(&mut self, r: &mut StateReader) -> Option<()> {
         self.loc = r.f64()?;
         self.scale = r.f64()?;
         self.n = r.u64()?;
         self.hist.load(r)?;
-        self.cal.load(r)?;
-        self.tail_u = r.f64()?;
-        self.tail_beta = r.f64()?;
-        Some(())
+        self.calib.load(r)
+    }
+
+    /// `asinh` of the value in running scales from the running location.
+    fn normalised(&self, f: f64) -> f64 {
+        // Floor relative to the level: a constant series still gets finite, large z on change.
+        let s = self.scale.max(1e-9 * self.loc.abs().max(1.0));
+        fast_asinh((f - self.loc) / s)
     }
 
     fn bin(&self, f: f64, bpu: f64) -> usize {
-        // Floor relative to the level: a constant series still gets finite, large z on change.
-        let s = self.scale.max(1e-9 * self.loc.abs().max(1.0));
-        let u = fast_asinh((f - self.loc) / s) * bpu + (NB / 2) as f64;
+        let u = self.normalised(f) * bpu + (NB / 2) as f64;
         u.clamp(0.0, (NB - 1) as f64) as usize
     }
 
@@ -349,49 +408,13 @@ impl View {
         s
     }
 
-    /// Calibrated rarity (nats) of surprisal `r` against this view's own history.
-    fn rarity(&self, r: f64, cfg: &GeneralConfig) -> f64 {
-        if r > self.tail_u {
-            return -cfg.tail_fraction.ln() + (r - self.tail_u) / self.tail_beta;
-        }
-        let b = cal_bin(r);
-        // Sum whichever side of the bin is shorter (most surprisals are small, so usually
-        // the prefix): halves the cost of the hottest loop.
-        let raw_tail = if b < CB / 2 {
-            (self.cal.total - self.cal.bins[..b].iter().sum::<f64>()).max(0.0)
-        } else {
-            self.cal.bins[b..].iter().sum::<f64>()
-        };
-        let tail = raw_tail / self.cal.w;
-        -((tail + cfg.calib_prior) / (self.cal.total() + cfg.calib_prior)).ln()
-    }
-
-    fn learn_surprisal(&mut self, r: f64, cfg: &GeneralConfig) {
-        if r > self.tail_u {
-            // Mean excess over the threshold = MLE of the exponential tail's scale.
-            self.tail_beta += 0.05 * ((r - self.tail_u) - self.tail_beta);
-            self.tail_beta = self.tail_beta.max(cfg.tail_beta_min);
-        }
-        self.cal.add(cal_bin(r), cfg.calib_memory);
-        if self.n.is_multiple_of(CAL_REFRESH) {
-            let need = cfg.tail_fraction * self.cal.total;
-            let mut acc = 0.0;
-            let mut k = CB;
-            while k > 0 && acc < need {
-                k -= 1;
-                acc += self.cal.bins[k];
-            }
-            self.tail_u = k as f64 / CAL_STEP;
-        }
-    }
-
     /// Score `f` (returns calibrated rarity, or 0 while immature), then learn it.
     fn observe(&mut self, f: f64, cfg: &GeneralConfig) -> f64 {
         let mut rarity = 0.0;
         if self.n >= MIN_VIEW_POINTS {
             let r = self.surprisal(f, cfg);
-            rarity = self.rarity(r, cfg);
-            self.learn_surprisal(r, cfg);
+            rarity = self.calib.rarity(r, cfg);
+            self.calib.learn(r, self.n, cfg);
         }
         self.n += 1;
         if self.n == 1 {
@@ -416,6 +439,76 @@ impl View {
             self.hist.add(b, cfg.memory);
         }
         rarity
+    }
+}
+
+/// Calibration of one surprisal stream against its own history: a forgetting histogram of
+/// past surprisals, with an exponential tail above its `tail_fraction` quantile.
+#[derive(Debug, Clone)]
+struct Calib {
+    cal: Hist<CB>,
+    /// Surprisal above which the exponential tail applies, and its mean excess.
+    tail_u: f64,
+    tail_beta: f64,
+}
+
+impl Calib {
+    fn new() -> Self {
+        Calib {
+            cal: Hist::new(),
+            tail_u: f64::INFINITY,
+            tail_beta: 1.0,
+        }
+    }
+
+    fn save(&self, w: &mut StateWriter) {
+        self.cal.save(w);
+        w.f64(self.tail_u);
+        w.f64(self.tail_beta);
+    }
+    fn load(&mut self, r: &mut StateReader) -> Option<()> {
+        self.cal.load(r)?;
+        self.tail_u = r.f64()?;
+        self.tail_beta = r.f64()?;
+        Some(())
+    }
+
+    /// Calibrated rarity (nats) of surprisal `r` against this stream's own history.
+    fn rarity(&self, r: f64, cfg: &GeneralConfig) -> f64 {
+        if r > self.tail_u {
+            return -cfg.tail_fraction.ln() + (r - self.tail_u) / self.tail_beta;
+        }
+        let b = cal_bin(r);
+        // Sum whichever side of the bin is shorter (most surprisals are small, so usually
+        // the prefix): halves the cost of the hottest loop.
+        let raw_tail = if b < CB / 2 {
+            (self.cal.total - self.cal.bins[..b].iter().sum::<f64>()).max(0.0)
+        } else {
+            self.cal.bins[b..].iter().sum::<f64>()
+        };
+        let tail = raw_tail / self.cal.w;
+        -((tail + cfg.calib_prior) / (self.cal.total() + cfg.calib_prior)).ln()
+    }
+
+    /// Learns surprisal `r`, the stream's `n`-th; the tail threshold is re-read every
+    /// `CAL_REFRESH` points.
+    fn learn(&mut self, r: f64, n: u64, cfg: &GeneralConfig) {
+        if r > self.tail_u {
+            // Mean excess over the threshold = MLE of the exponential tail's scale.
+            self.tail_beta += 0.05 * ((r - self.tail_u) - self.tail_beta);
+            self.tail_beta = self.tail_beta.max(cfg.tail_beta_min);
+        }
+        self.cal.add(cal_bin(r), cfg.calib_memory);
+        if n.is_multiple_of(CAL_REFRESH) {
+            let need = cfg.tail_fraction * self.cal.total;
+            let mut acc = 0.0;
+            let mut k = CB;
+            while k > 0 && acc < need {
+                k -= 1;
+                acc += self.cal.bins[k];
+            }
+            self.tail_u = k as f64 / CAL_STEP;
+        }
     }
 }
 
@@ -494,6 +587,68 @@ impl Likelihood {
     }
 }
 
+/// The continuous novelty with its own calibration and likelihood.
+#[derive(Debug, Clone)]
+struct NoveltyTest {
+    memory: Novelty,
+    calib: Calib,
+    likelihood: Likelihood,
+    n: u64,
+}
+
+impl NoveltyTest {
+    fn new(cfg: &GeneralConfig) -> Option<Self> {
+        (cfg.novelty_context > 0).then(|| NoveltyTest {
+            memory: Novelty::new(
+                cfg.novelty_context,
+                cfg.novelty_lag,
+                cfg.novelty_prototypes,
+                cfg.novelty_radius,
+                cfg.novelty_horizon as u64,
+            ),
+            calib: Calib::new(),
+            likelihood: Likelihood::default(),
+            n: 0,
+        })
+    }
+
+    /// Calibrated rarity of normalised level `u` in its context, and its likelihood.
+    fn observe(&mut self, u: f64, cfg: &GeneralConfig) -> Option<(f64, f64)> {
+        let d = self.memory.observe(u)?;
+        self.n += 1;
+        let mut r = cfg.novelty_scale * d;
+        if d > cfg.novelty_radius {
+            r += cfg.novelty_jump;
+        }
+        let rarity = if self.n > MIN_VIEW_POINTS {
+            (self.calib.rarity(r, cfg) - cfg.novelty_discount).max(0.0)
+        } else {
+            0.0
+        };
+        self.calib.learn(r, self.n, cfg);
+        let l = if cfg.novelty_likelihood {
+            self.likelihood.observe(rarity, cfg)
+        } else {
+            0.0
+        };
+        Some((rarity, l))
+    }
+
+    fn save(&self, w: &mut StateWriter) {
+        self.memory.save(w);
+        self.calib.save(w);
+        self.likelihood.save(w);
+        w.u64(self.n);
+    }
+    fn load(&mut self, r: &mut StateReader) -> Option<()> {
+        self.memory.load(r)?;
+        self.calib.load(r)?;
+        self.likelihood.load(r)?;
+        self.n = r.u64()?;
+        Some(())
+    }
+}
+
 /// See the module docs. Build via [`DetectorSpec::General`](super::DetectorSpec::General) or
 /// [`GeneralDetector::new`]`(GeneralConfig::default())`.
 pub struct GeneralDetector {
@@ -503,6 +658,10 @@ pub struct GeneralDetector {
     short: f64,
     views: [View; NV],
     likelihood: [Likelihood; NV],
+    novelty: Option<NoveltyTest>,
+    view_novelty: Vec<NoveltyTest>,
+    qtail: super::quantile::QuantileTail,
+    qcalib: Calib,
     season: Vec<f64>,
     season_n: Vec<u32>,
     sup: Suppressor,
@@ -524,6 +683,14 @@ impl GeneralDetector {
             short: 0.0,
             views: std::array::from_fn(|_| View::new()),
             likelihood: [Likelihood::default(); NV],
+            novelty: NoveltyTest::new(&cfg).filter(|_| cfg.novelty_mode < 3),
+            qtail: super::quantile::QuantileTail::new(),
+            qcalib: Calib::new(),
+            view_novelty: if cfg.novelty_mode >= 3 {
+                (0..NV).filter_map(|_| NoveltyTest::new(&cfg)).collect()
+            } else {
+                Vec::new()
+            },
             season: vec![0.0; slots],
             season_n: vec![0; slots],
             last_value: 0.0,
@@ -559,6 +726,9 @@ impl GeneralDetector {
         for l in &self.likelihood {
             l.save(w);
         }
+        if let Some(t) = &self.novelty {
+            t.save(w);
+        }
         w.sparse_f64s(&self.season);
         let counts: Vec<f64> = self.season_n.iter().map(|&c| f64::from(c)).collect();
         w.sparse_f64s(&counts);
@@ -581,6 +751,9 @@ impl GeneralDetector {
         for l in &mut self.likelihood {
             l.load(r)?;
         }
+        if let Some(t) = &mut self.novelty {
+            t.load(r)?;
+        }
         r.sparse_f64s_into(&mut self.season)?;
         let mut counts = vec![0.0; self.season_n.len()];
         r.sparse_f64s_into(&mut counts)?;
@@ -593,7 +766,7 @@ impl GeneralDetector {
         self.sup.load_state(r)?;
         self.last_value = r.f64()?;
         self.last_rarity = r.f64()?;
-        self.last_view = r.usize().filter(|&v| v < NV)?;
+        self.last_view = r.usize().filter(|&v| v < VIEW_NAMES.len())?;
         self.last_sustained = r.bool()?;
         self.last_score = r.f64()?;
         self.last_nonfinite = r.bool()?;
@@ -640,9 +813,65 @@ impl Detector for GeneralDetector {
 
         let views = [Some(x), Some(self.short), Some(step), residual];
         let (mut best, mut which, mut sustained) = (0.0f64, 0usize, false);
+        let src = cfg.novelty_source.min(1);
+        let u = self.views[src].normalised(if src == 0 { x } else { self.short });
+        let novel = match &mut self.novelty {
+            Some(t) if self.views[src].n >= MIN_VIEW_POINTS => t.observe(u, cfg),
+            _ => None,
+        };
+        if let Some((r, l)) = novel {
+            if cfg.novelty_mode == 0 && r > best {
+                (best, which, sustained) = (r, NOVELTY, false);
+            }
+            if l > best {
+                (best, which, sustained) = (l, NOVELTY, true);
+            }
+        }
+        let mut qr = None;
+        if cfg.novelty_mode >= 5 {
+            let eta = cfg.novelty_scale * self.views[0].scale;
+            self.qtail.slope = cfg.novelty_jump;
+            self.qtail.scale = self.views[0].scale.max(1e-12);
+            if let Some(s) =
+                self.qtail
+                    .observe(x, eta, cfg.novelty_radius * self.views[0].scale.max(1e-12))
+            {
+                let q = &mut self.qcalib;
+                let n = self.n;
+                let r = if n > 50 { q.rarity(s, cfg) } else { 0.0 };
+                q.learn(s, n, cfg);
+                qr = Some(r);
+                if cfg.novelty_mode == 5 && r > best {
+                    (best, which, sustained) = (r, NOVELTY, false);
+                }
+            }
+        }
         for (k, v) in views.iter().enumerate() {
             if let Some(v) = *v {
-                let r = self.views[k].observe(v, cfg);
+                let u = self.views[k].normalised(v);
+                let mature = self.views[k].n >= MIN_VIEW_POINTS;
+                let mut r = self.views[k].observe(v, cfg);
+                if let Some(t) = self.view_novelty.get_mut(k).filter(|_| mature) {
+                    if let Some((nr, _)) = t.observe(u, cfg) {
+                        r = if cfg.novelty_mode == 3 {
+                            nr
+                        } else {
+                            0.5 * (r + nr)
+                        };
+                    }
+                }
+                if k == 0 && cfg.novelty_mode == 6 {
+                    if let Some(q) = qr {
+                        r = q;
+                    }
+                }
+                if k == 0 {
+                    match (cfg.novelty_mode, novel) {
+                        (1, Some((n, _))) => r = n,
+                        (2, Some((n, _))) => r = r.min(n),
+                        _ => {}
+                    }
+                }
                 if r > best {
                     (best, which, sustained) = (r, k, false);
                 }
@@ -706,6 +935,9 @@ impl Detector for GeneralDetector {
     }
 
     fn state_bytes(&self) -> usize {
-        std::mem::size_of::<Self>() + self.season.capacity() * 8 + self.season_n.capacity() * 4
+        std::mem::size_of::<Self>()
+            + self.season.capacity() * 8
+            + self.season_n.capacity() * 4
+            + self.novelty.as_ref().map_or(0, |t| t.memory.state_bytes())
     }
 }

@@ -17,6 +17,8 @@
 pub mod attach;
 pub mod general;
 pub mod nab;
+mod novelty;
+mod quantile;
 pub mod simple;
 pub mod state;
 mod suppress;
