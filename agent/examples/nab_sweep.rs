@@ -490,6 +490,7 @@ const PARAMS: &[&str] = &[
     "likelihood_long",
     "novelty_prototypes",
     "novelty_radius",
+    "novelty_phase",
     "novelty_scale",
 ];
 
@@ -512,17 +513,10 @@ fn get(c: &GeneralConfig, k: &str) -> f64 {
         "cooldown_points" => c.cooldown_points as f64,
         "likelihood_short" => c.likelihood_short,
         "likelihood_long" => c.likelihood_long,
-        "novelty_context" => c.novelty_context as f64,
         "novelty_prototypes" => c.novelty_prototypes as f64,
         "novelty_radius" => c.novelty_radius,
+        "novelty_phase" => c.novelty_phase,
         "novelty_scale" => c.novelty_scale,
-        "novelty_lag" => c.novelty_lag as f64,
-        "novelty_source" => c.novelty_source as f64,
-        "novelty_discount" => c.novelty_discount,
-        "novelty_jump" => c.novelty_jump,
-        "novelty_horizon" => c.novelty_horizon as f64,
-        "novelty_mode" => c.novelty_mode as f64,
-        "novelty_likelihood" => f64::from(u8::from(c.novelty_likelihood)),
         _ => f64::NAN,
     }
 }
@@ -548,17 +542,10 @@ fn set(c: &mut GeneralConfig, k: &str, v: f64) -> Result<()> {
         "cooldown_points" => c.cooldown_points = count(),
         "likelihood_short" => c.likelihood_short = v,
         "likelihood_long" => c.likelihood_long = v,
-        "novelty_context" => c.novelty_context = count(),
         "novelty_prototypes" => c.novelty_prototypes = count(),
         "novelty_radius" => c.novelty_radius = v,
+        "novelty_phase" => c.novelty_phase = v,
         "novelty_scale" => c.novelty_scale = v,
-        "novelty_lag" => c.novelty_lag = count(),
-        "novelty_source" => c.novelty_source = count(),
-        "novelty_discount" => c.novelty_discount = v,
-        "novelty_jump" => c.novelty_jump = v,
-        "novelty_horizon" => c.novelty_horizon = count(),
-        "novelty_mode" => c.novelty_mode = count(),
-        "novelty_likelihood" => c.novelty_likelihood = v != 0.0,
         _ => bail!("unknown parameter `{k}` (see GeneralConfig)"),
     }
     Ok(())

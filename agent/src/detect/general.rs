@@ -32,6 +32,11 @@
 //! view cannot mask a quiet one that changed. On the NAB dev set this stage is worth
 //! +4.7 points (72.4 -> 77.1, standard profile).
 //!
+//! Opt-in (`novelty_prototypes` > 0, off by default for its cost): a fifth, grid-free test,
+//! the distance of (level, time of day) to the nearest remembered such point
+//! ([`super::novelty`]), calibrated the same way; +0.3 on NAB dev, +1.2 on the
+//! bin-edge-jittered score.
+//!
 //! The score is the max over the four point rarities and four likelihoods, mapped so that
 //! `alert_nats` scores exactly 0.5. A [`Suppressor`] then gives one alert per episode.
 //!
@@ -61,7 +66,7 @@ const WINSOR: f64 = 10.0;
 /// Number of views.
 const NV: usize = 4;
 
-/// Index of the continuous novelty test in [`VIEW_NAMES`] and `last_view`.
+/// Index of the (level, time of day) novelty test in [`VIEW_NAMES`] and `last_view`.
 const NOVELTY: usize = NV;
 
 const VIEW_NAMES: [&str; NV + 1] = [
@@ -69,7 +74,7 @@ const VIEW_NAMES: [&str; NV + 1] = [
     "smoothed level",
     "step size",
     "time-of-day residual",
-    "recent context",
+    "level at this time of day",
 ];
 
 /// Parameters of [`GeneralDetector`]. The defaults are the NAB-tuned configuration; all
@@ -116,30 +121,19 @@ pub struct GeneralConfig {
     pub likelihood_short: f64,
     /// Horizon (points) of the long-run mean and variance that short average is compared with.
     pub likelihood_long: f64,
-    /// Values per context of the continuous novelty test ([`super::novelty`]); 0 disables it.
-    pub novelty_context: usize,
-    /// Points between the values of a context.
-    pub novelty_lag: usize,
-    /// Which view's normalised value the contexts are built from (0 level, 1 smoothed level).
-    pub novelty_source: usize,
-    /// Contexts it remembers.
+    /// Remembered (level, time of day) points of the novelty test ([`super::novelty`]);
+    /// 0 (the default) disables the test. 128–256 is worth +0.2–0.3 NAB points (+1.1–1.2
+    /// on the bin-edge-jittered score) but halves the throughput as measured so far, see
+    /// docs/BENCHMARKS.md "NAB dev, third attempt".
     pub novelty_prototypes: usize,
-    /// Distance (asinh units of the level's running scale) within which a context matches a
+    /// Distance (asinh units of the level's running scale) within which a point matches a
     /// remembered one instead of becoming a new one.
     pub novelty_radius: f64,
-    /// Extra surprisal (nats) of a context farther than `novelty_radius` from every remembered one.
-    pub novelty_jump: f64,
-    /// Nats subtracted from the novelty's calibrated rarity before it competes.
-    pub novelty_discount: f64,
-    /// Contexts after which a remembered context that was not matched is forgotten (0: never).
-    pub novelty_horizon: usize,
-    /// Surprisal (nats) per asinh unit of distance to the nearest remembered context.
+    /// Radius of the time-of-day circle (same units; `season_period_ms` is one turn): with
+    /// 5 and `novelty_radius` 0.6 a remembered point covers about ±1 h 50 min of the day.
+    pub novelty_phase: f64,
+    /// Surprisal (nats) per unit of distance to the nearest remembered point.
     pub novelty_scale: f64,
-    /// How the novelty enters the score: 0 another competing test, 1 it replaces the level
-    /// view's point rarity, 2 it caps the level view's point rarity (both must agree).
-    pub novelty_mode: usize,
-    /// Whether the novelty also runs a likelihood test.
-    pub novelty_likelihood: bool,
 }
 
 impl Default for GeneralConfig {
@@ -164,17 +158,10 @@ impl Default for GeneralConfig {
             cooldown_points: 30,
             likelihood_short: 120.0,
             likelihood_long: 2000.0,
-            novelty_context: 0,
-            novelty_prototypes: 128,
-            novelty_lag: 1,
-            novelty_source: 0,
-            novelty_radius: 0.3,
+            novelty_prototypes: 0,
+            novelty_radius: 0.6,
+            novelty_phase: 5.0,
             novelty_scale: 3.0,
-            novelty_horizon: 0,
-            novelty_jump: 0.0,
-            novelty_discount: 0.0,
-            novelty_mode: 0,
-            novelty_likelihood: false,
         }
     }
 }
@@ -238,29 +225,20 @@ impl GeneralConfig {
                 self.distance_nats
             ));
         }
-        if self.novelty_context > novelty::MAX_CONTEXT {
+        if self.novelty_prototypes > novelty::MAX_PROTOTYPES {
             return Err(format!(
-                "general: novelty_context must be in 0..={}, got {}",
-                novelty::MAX_CONTEXT,
-                self.novelty_context
+                "general: novelty_prototypes must be in 0..={}, got {}",
+                novelty::MAX_PROTOTYPES,
+                self.novelty_prototypes
             ));
         }
-        if self.novelty_context > 0 {
-            if !(1..=novelty::MAX_PROTOTYPES).contains(&self.novelty_prototypes) {
-                return Err(format!(
-                    "general: novelty_prototypes must be in 1..={}, got {}",
-                    novelty::MAX_PROTOTYPES,
-                    self.novelty_prototypes
-                ));
-            }
-            pos("novelty_radius", self.novelty_radius)?;
-            pos("novelty_scale", self.novelty_scale)?;
-            if self.novelty_mode > 6 {
-                return Err(format!(
-                    "general: novelty_mode must be 0, 1 or 2, got {}",
-                    self.novelty_mode
-                ));
-            }
+        pos("novelty_radius", self.novelty_radius)?;
+        pos("novelty_scale", self.novelty_scale)?;
+        if !(self.novelty_phase.is_finite() && self.novelty_phase >= 0.0) {
+            return Err(format!(
+                "general: novelty_phase must be >= 0, got {}",
+                self.novelty_phase
+            ));
         }
         if self.season_period_ms <= 0 {
             return Err(format!(
@@ -371,7 +349,7 @@ impl View {
         self.calib.load(r)
     }
 
-    /// `asinh` of the value in running scales from the running location.
+    /// `asinh` of the distance from the running location in running scales.
     fn normalised(&self, f: f64) -> f64 {
         // Floor relative to the level: a constant series still gets finite, large z on change.
         let s = self.scale.max(1e-9 * self.loc.abs().max(1.0));
@@ -443,7 +421,7 @@ impl View {
 }
 
 /// Calibration of one surprisal stream against its own history: a forgetting histogram of
-/// past surprisals, with an exponential tail above its `tail_fraction` quantile.
+/// past surprisals, with an exponential tail above its `1 - tail_fraction` quantile.
 #[derive(Debug, Clone)]
 struct Calib {
     cal: Hist<CB>,
@@ -490,8 +468,8 @@ impl Calib {
         -((tail + cfg.calib_prior) / (self.cal.total() + cfg.calib_prior)).ln()
     }
 
-    /// Learns surprisal `r`, the stream's `n`-th; the tail threshold is re-read every
-    /// `CAL_REFRESH` points.
+    /// Learns surprisal `r`, the stream's `n`-th point (the tail threshold is re-read every
+    /// `CAL_REFRESH` points).
     fn learn(&mut self, r: f64, n: u64, cfg: &GeneralConfig) {
         if r > self.tail_u {
             // Mean excess over the threshold = MLE of the exponential tail's scale.
@@ -587,63 +565,48 @@ impl Likelihood {
     }
 }
 
-/// The continuous novelty with its own calibration and likelihood.
+/// The (level, time of day) novelty, calibrated like a view.
 #[derive(Debug, Clone)]
 struct NoveltyTest {
     memory: Novelty,
     calib: Calib,
-    likelihood: Likelihood,
     n: u64,
 }
 
 impl NoveltyTest {
     fn new(cfg: &GeneralConfig) -> Option<Self> {
-        (cfg.novelty_context > 0).then(|| NoveltyTest {
-            memory: Novelty::new(
-                cfg.novelty_context,
-                cfg.novelty_lag,
-                cfg.novelty_prototypes,
-                cfg.novelty_radius,
-                cfg.novelty_horizon as u64,
-            ),
+        (cfg.novelty_prototypes > 0).then(|| NoveltyTest {
+            memory: Novelty::new(cfg.novelty_prototypes, cfg.novelty_radius),
             calib: Calib::new(),
-            likelihood: Likelihood::default(),
             n: 0,
         })
     }
 
-    /// Calibrated rarity of normalised level `u` in its context, and its likelihood.
-    fn observe(&mut self, u: f64, cfg: &GeneralConfig) -> Option<(f64, f64)> {
-        let d = self.memory.observe(u)?;
+    /// Calibrated rarity (nats) of normalised level `u` at `ts_ms`, then learns it.
+    fn observe(&mut self, u: f64, ts_ms: i64, cfg: &GeneralConfig) -> f64 {
+        let p = novelty::point(u, ts_ms, cfg.season_period_ms, cfg.novelty_phase);
+        let Some(d) = self.memory.observe(p) else {
+            return 0.0;
+        };
         self.n += 1;
-        let mut r = cfg.novelty_scale * d;
-        if d > cfg.novelty_radius {
-            r += cfg.novelty_jump;
-        }
+        let r = cfg.novelty_scale * d;
         let rarity = if self.n > MIN_VIEW_POINTS {
-            (self.calib.rarity(r, cfg) - cfg.novelty_discount).max(0.0)
+            self.calib.rarity(r, cfg)
         } else {
             0.0
         };
         self.calib.learn(r, self.n, cfg);
-        let l = if cfg.novelty_likelihood {
-            self.likelihood.observe(rarity, cfg)
-        } else {
-            0.0
-        };
-        Some((rarity, l))
+        rarity
     }
 
     fn save(&self, w: &mut StateWriter) {
         self.memory.save(w);
         self.calib.save(w);
-        self.likelihood.save(w);
         w.u64(self.n);
     }
     fn load(&mut self, r: &mut StateReader) -> Option<()> {
         self.memory.load(r)?;
         self.calib.load(r)?;
-        self.likelihood.load(r)?;
         self.n = r.u64()?;
         Some(())
     }
@@ -658,10 +621,8 @@ pub struct GeneralDetector {
     short: f64,
     views: [View; NV],
     likelihood: [Likelihood; NV],
-    novelty: Option<NoveltyTest>,
-    view_novelty: Vec<NoveltyTest>,
-    qtail: super::quantile::QuantileTail,
-    qcalib: Calib,
+    /// Boxed: when the test is off (the default) it costs a pointer, not its calibration.
+    novelty: Option<Box<NoveltyTest>>,
     season: Vec<f64>,
     season_n: Vec<u32>,
     sup: Suppressor,
@@ -683,14 +644,7 @@ impl GeneralDetector {
             short: 0.0,
             views: std::array::from_fn(|_| View::new()),
             likelihood: [Likelihood::default(); NV],
-            novelty: NoveltyTest::new(&cfg).filter(|_| cfg.novelty_mode < 3),
-            qtail: super::quantile::QuantileTail::new(),
-            qcalib: Calib::new(),
-            view_novelty: if cfg.novelty_mode >= 3 {
-                (0..NV).filter_map(|_| NoveltyTest::new(&cfg)).collect()
-            } else {
-                Vec::new()
-            },
+            novelty: NoveltyTest::new(&cfg).map(Box::new),
             season: vec![0.0; slots],
             season_n: vec![0; slots],
             last_value: 0.0,
@@ -813,65 +767,18 @@ impl Detector for GeneralDetector {
 
         let views = [Some(x), Some(self.short), Some(step), residual];
         let (mut best, mut which, mut sustained) = (0.0f64, 0usize, false);
-        let src = cfg.novelty_source.min(1);
-        let u = self.views[src].normalised(if src == 0 { x } else { self.short });
-        let novel = match &mut self.novelty {
-            Some(t) if self.views[src].n >= MIN_VIEW_POINTS => t.observe(u, cfg),
-            _ => None,
-        };
-        if let Some((r, l)) = novel {
-            if cfg.novelty_mode == 0 && r > best {
-                (best, which, sustained) = (r, NOVELTY, false);
-            }
-            if l > best {
-                (best, which, sustained) = (l, NOVELTY, true);
-            }
-        }
-        let mut qr = None;
-        if cfg.novelty_mode >= 5 {
-            let eta = cfg.novelty_scale * self.views[0].scale;
-            self.qtail.slope = cfg.novelty_jump;
-            self.qtail.scale = self.views[0].scale.max(1e-12);
-            if let Some(s) =
-                self.qtail
-                    .observe(x, eta, cfg.novelty_radius * self.views[0].scale.max(1e-12))
-            {
-                let q = &mut self.qcalib;
-                let n = self.n;
-                let r = if n > 50 { q.rarity(s, cfg) } else { 0.0 };
-                q.learn(s, n, cfg);
-                qr = Some(r);
-                if cfg.novelty_mode == 5 && r > best {
-                    (best, which, sustained) = (r, NOVELTY, false);
+        // Normalised by the level view as it was before this point, like the views' scores.
+        if let Some(t) = self.novelty.as_mut() {
+            if self.views[0].n >= MIN_VIEW_POINTS {
+                let r = t.observe(self.views[0].normalised(x), ts_ms, cfg);
+                if r > best {
+                    (best, which) = (r, NOVELTY);
                 }
             }
         }
         for (k, v) in views.iter().enumerate() {
             if let Some(v) = *v {
-                let u = self.views[k].normalised(v);
-                let mature = self.views[k].n >= MIN_VIEW_POINTS;
-                let mut r = self.views[k].observe(v, cfg);
-                if let Some(t) = self.view_novelty.get_mut(k).filter(|_| mature) {
-                    if let Some((nr, _)) = t.observe(u, cfg) {
-                        r = if cfg.novelty_mode == 3 {
-                            nr
-                        } else {
-                            0.5 * (r + nr)
-                        };
-                    }
-                }
-                if k == 0 && cfg.novelty_mode == 6 {
-                    if let Some(q) = qr {
-                        r = q;
-                    }
-                }
-                if k == 0 {
-                    match (cfg.novelty_mode, novel) {
-                        (1, Some((n, _))) => r = n,
-                        (2, Some((n, _))) => r = r.min(n),
-                        _ => {}
-                    }
-                }
+                let r = self.views[k].observe(v, cfg);
                 if r > best {
                     (best, which, sustained) = (r, k, false);
                 }
@@ -938,6 +845,8 @@ impl Detector for GeneralDetector {
         std::mem::size_of::<Self>()
             + self.season.capacity() * 8
             + self.season_n.capacity() * 4
-            + self.novelty.as_ref().map_or(0, |t| t.memory.state_bytes())
+            + self.novelty.as_ref().map_or(0, |t| {
+                std::mem::size_of::<NoveltyTest>() + t.memory.heap_bytes()
+            })
     }
 }

@@ -18,7 +18,6 @@ pub mod attach;
 pub mod general;
 pub mod nab;
 mod novelty;
-mod quantile;
 pub mod simple;
 pub mod state;
 mod suppress;

@@ -1,130 +1,110 @@
-//! Continuous context novelty: how far the last few normalised values are from every
-//! context the series has shown before, with no grid.
+//! Has the series been at this level at this time of day? A grid-free answer.
 //!
-//! The histogram views decide "never seen" by which bin a value falls in, so whether a
-//! point is novel depends on where the bin edges happen to lie. Here the evidence is a
-//! distance: the current context (the last `k` normalised levels) is compared with a
-//! bounded set of remembered contexts (prototypes, in the manner of ART's categories), and
-//! the Chebyshev distance to the nearest one is the surprise. A context farther than
-//! `radius` from every prototype becomes a new prototype (replacing the one matched least
-//! recently when the set is full); a closer one refreshes its prototype. So the set covers
-//! the region of context space visited recently at resolution `radius`, centred on the data
-//! rather than on a fixed grid.
+//! The histogram views of [`super::general`] decide "never seen" by the bin a value falls
+//! in, so whether a point counts as new depends on where the bin edges happen to lie. This
+//! test measures novelty as a distance instead. A point is (normalised level, time of day
+//! as a position on a circle); it is compared with a bounded set of remembered points
+//! (prototypes, in the manner of ART's categories), and the Chebyshev distance to the
+//! nearest one is the surprise. A point farther than `radius` from every prototype becomes
+//! one, replacing the prototype matched least recently when the set is full; a nearer point
+//! refreshes the one it matched. So the set covers the (level, time of day) region the
+//! series has visited, at resolution `radius`, centred on the data instead of on a grid.
+//!
+//! The time-of-day residual view asks a related question about the mean profile; this one
+//! also knows levels that are normal at one hour and new at another, and it fires earlier
+//! on a level that is drifting into a region the series has never visited at that hour.
 
 use super::{StateReader, StateWriter};
 
-/// Largest context length (values per context).
-pub const MAX_CONTEXT: usize = 4;
-/// Values kept for building contexts: `(k - 1) * lag` must stay below it.
-const HISTORY: usize = 32;
-/// Largest spacing (points) between the values of a context.
-pub const MAX_LAG: usize = (HISTORY - 1) / (MAX_CONTEXT - 1);
-/// Largest number of remembered contexts.
-pub const MAX_PROTOTYPES: usize = 512;
+/// Coordinates of a point: the level and the two of the time-of-day circle.
+const DIMS: usize = 3;
+
+/// Largest number of remembered points.
+pub const MAX_PROTOTYPES: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub struct Novelty {
-    k: usize,
-    lag: usize,
     cap: usize,
     radius: f32,
-    /// Prototypes not matched for this many contexts are forgotten (0: never).
-    horizon: u64,
-    /// Dimension-major (`protos[d * cap + j]` is coordinate `d` of prototype `j`), so the
-    /// distance scan runs along contiguous memory and vectorises.
+    /// Dimension-major (`protos[d * cap + j]` is coordinate `d` of prototype `j`): the
+    /// distance scan then runs along contiguous memory and vectorises.
     protos: Vec<f32>,
     last_used: Vec<u64>,
     len: usize,
-    /// The last normalised values, newest first.
-    recent: [f32; HISTORY],
-    filled: usize,
     tick: u64,
-    /// Per-prototype distance of the current context; scratch, not state.
+    /// Distance of the current point to each prototype; scratch, not state.
     dist: Vec<f32>,
 }
 
+/// The point for `level` (normalised) at `ts_ms`: the time of day within `period_ms` is a
+/// position on a circle of radius `phase_radius`, so that midnight neighbours 23:59 and a
+/// prototype covers about `2 * radius / phase_radius` radians of the day.
+pub fn point(level: f64, ts_ms: i64, period_ms: i64, phase_radius: f64) -> [f32; DIMS] {
+    let period = period_ms.max(1);
+    let a = ts_ms.rem_euclid(period) as f64 / period as f64 * std::f64::consts::TAU;
+    [
+        level as f32,
+        (phase_radius * a.cos()) as f32,
+        (phase_radius * a.sin()) as f32,
+    ]
+}
+
 impl Novelty {
-    pub fn new(k: usize, lag: usize, cap: usize, radius: f64, horizon: u64) -> Self {
-        let k = k.clamp(1, MAX_CONTEXT);
-        let lag = lag.clamp(1, MAX_LAG);
+    pub fn new(cap: usize, radius: f64) -> Self {
         let cap = cap.clamp(1, MAX_PROTOTYPES);
         Novelty {
-            k,
-            lag,
             cap,
             radius: radius as f32,
-            horizon: if horizon == 0 { u64::MAX } else { horizon },
-            protos: vec![0.0; k * cap],
+            protos: vec![0.0; DIMS * cap],
             last_used: vec![0; cap],
             len: 0,
-            recent: [0.0; HISTORY],
-            filled: 0,
             tick: 0,
             dist: vec![0.0; cap],
         }
     }
 
-    /// Feed the next normalised value; returns the distance of the context ending here to
-    /// the nearest remembered one (`None` until `k` values and one prototype exist), then
-    /// learns the context.
-    pub fn observe(&mut self, u: f64) -> Option<f64> {
-        self.recent.copy_within(0..HISTORY - 1, 1);
-        self.recent[0] = u as f32;
-        let span = (self.k - 1) * self.lag + 1;
-        self.filled = (self.filled + 1).min(span);
-        if self.filled < span {
-            return None;
-        }
+    /// Distance of `p` to the nearest remembered point (`None` while none is remembered),
+    /// then learns `p`.
+    pub fn observe(&mut self, p: [f32; DIMS]) -> Option<f64> {
         self.tick += 1;
         let n = self.len;
+        let (r0, rest) = self.protos.split_at(self.cap);
+        let (r1, r2) = rest.split_at(self.cap);
         let dist = &mut self.dist[..n];
-        dist.fill(0.0);
-        for d in 0..self.k {
-            let c = self.recent[d * self.lag];
-            let row = &self.protos[d * self.cap..d * self.cap + n];
-            for (acc, &p) in dist.iter_mut().zip(row) {
-                *acc = acc.max((p - c).abs());
-            }
+        for (((acc, &a), &b), &c) in dist.iter_mut().zip(&r0[..n]).zip(&r1[..n]).zip(&r2[..n]) {
+            *acc = (a - p[0]).abs().max((b - p[1]).abs()).max((c - p[2]).abs());
         }
-        let (mut best, mut at) = (f32::INFINITY, 0);
-        for (j, &v) in dist.iter().enumerate() {
-            if v < best && self.tick - self.last_used[j] <= self.horizon {
-                (best, at) = (v, j);
-            }
-        }
-        if best > self.radius {
-            let slot = if n < self.cap {
-                self.len += 1;
-                n
-            } else {
-                // Least recently matched: the region the series left longest ago.
-                let mut oldest = 0;
-                for j in 1..self.cap {
-                    if self.last_used[j] < self.last_used[oldest] {
-                        oldest = j;
-                    }
-                }
-                oldest
-            };
-            for d in 0..self.k {
-                self.protos[d * self.cap + slot] = self.recent[d * self.lag];
-            }
-            self.last_used[slot] = self.tick;
+        // Distances are finite and >= 0, so their bit patterns sort like the values: an
+        // integer minimum, which vectorises where a float one with NaN rules may not.
+        let min_bits = dist.iter().fold(u32::MAX, |m, &v| m.min(v.to_bits()));
+        let at = dist.iter().position(|&v| v.to_bits() == min_bits);
+        let nearest = (at.map_or(f32::INFINITY, |j| dist[j]), at.unwrap_or(0));
+        let slot = if nearest.0 <= self.radius {
+            nearest.1
+        } else if n < self.cap {
+            self.len += 1;
+            n
         } else {
-            self.last_used[at] = self.tick;
+            // The region the series left longest ago.
+            (0..self.cap)
+                .min_by_key(|&j| self.last_used[j])
+                .unwrap_or(0)
+        };
+        if nearest.0 > self.radius {
+            for (d, &c) in p.iter().enumerate() {
+                self.protos[d * self.cap + slot] = c;
+            }
         }
-        (n > 0).then_some(f64::from(best))
+        self.last_used[slot] = self.tick;
+        (n > 0).then_some(f64::from(nearest.0))
     }
 
     pub fn save(&self, w: &mut StateWriter) {
         w.u64(self.len as u64);
-        w.u64(self.filled as u64);
         w.u64(self.tick);
-        let recent: Vec<f64> = self.recent.iter().map(|&v| f64::from(v)).collect();
-        w.f64s(&recent);
         for j in 0..self.len {
             w.u64(self.last_used[j]);
-            for d in 0..self.k {
+            for d in 0..DIMS {
                 w.f64(f64::from(self.protos[d * self.cap + j]));
             }
         }
@@ -132,26 +112,20 @@ impl Novelty {
 
     pub fn load(&mut self, r: &mut StateReader) -> Option<()> {
         self.len = r.usize().filter(|&n| n <= self.cap)?;
-        self.filled = r.usize().filter(|&n| n <= (self.k - 1) * self.lag + 1)?;
         self.tick = r.u64()?;
-        let mut recent = [0.0f64; HISTORY];
-        r.f64s_into(&mut recent)?;
-        for (dst, src) in self.recent.iter_mut().zip(recent) {
-            *dst = src as f32;
-        }
         for j in 0..self.len {
-            self.last_used[j] = r.u64()?;
-            for d in 0..self.k {
+            self.last_used[j] = r.u64().filter(|&t| t <= self.tick)?;
+            for d in 0..DIMS {
+                // Written from an f32, so the round trip is exact.
                 self.protos[d * self.cap + j] = r.f64()? as f32;
             }
         }
         Some(())
     }
 
-    pub fn state_bytes(&self) -> usize {
-        std::mem::size_of::<Self>()
-            + (self.protos.capacity() + self.dist.capacity()) * 4
-            + self.last_used.capacity() * 8
+    /// Heap bytes (the struct itself is counted by its owner).
+    pub fn heap_bytes(&self) -> usize {
+        (self.protos.capacity() + self.dist.capacity()) * 4 + self.last_used.capacity() * 8
     }
 }
 
@@ -164,20 +138,43 @@ mod tests {
     }
 
     #[test]
-    fn distance_to_nearest_context_and_lru_replacement() {
-        let mut n = Novelty::new(2, 1, 2, 0.5, 0);
-        assert_eq!(n.observe(0.0), None); // context not full yet
-        assert_eq!(n.observe(0.0), None); // first prototype (0, 0)
-        assert!(near(n.observe(0.2), 0.2)); // (0.2, 0) refreshes (0, 0)
-        assert!(near(n.observe(3.0), 3.0)); // (3, 0.2) becomes a prototype
-        assert!(near(n.observe(3.0), 2.8)); // (3, 3) is new too: the set is full, and
-                                            // (0, 0) was matched least recently
-                                            // (0, 3) against {(3, 3), (3, 0.2)}: the origin's prototype is gone.
-        assert!(near(n.observe(0.0), 3.0));
+    fn distance_to_the_nearest_point_and_least_recently_matched_replacement() {
+        let mut n = Novelty::new(2, 0.5);
+        assert_eq!(n.observe([0.0, 0.0, 0.0]), None); // nothing remembered yet
+        assert!(near(n.observe([0.2, 0.0, 0.0]), 0.2)); // matches (0, 0, 0)
+        assert!(near(n.observe([3.0, 0.0, 1.0]), 3.0)); // new: remembered
+                                                        // Chebyshev: the largest coordinate difference. Too far, and the set is full:
+                                                        // (3, 0, 0.1) replaces (0, 0, 0), the prototype matched least recently.
+        assert!(near(n.observe([3.0, 0.0, 0.1]), 0.9));
+        assert!(near(n.observe([3.0, 0.0, -3.0]), 3.1)); // replaces (3, 0, 1)
+        assert!(near(n.observe([0.0, 0.0, 0.0]), 3.0)); // the origin is new again
+
         let mut buf = Vec::new();
         n.save(&mut StateWriter(&mut buf));
-        let mut m = Novelty::new(2, 1, 2, 0.5, 0);
+        let mut m = Novelty::new(2, 0.5);
         m.load(&mut StateReader(&buf)).unwrap();
-        assert!(near(m.observe(3.0), n.observe(3.0).unwrap()));
+        for p in [[0.1, 0.0, 0.0], [3.0, 0.0, -2.9], [-5.0, 1.0, 1.0]] {
+            assert_eq!(m.observe(p), n.observe(p));
+        }
+        let mut again = Vec::new();
+        m.save(&mut StateWriter(&mut again));
+        let mut expected = Vec::new();
+        n.save(&mut StateWriter(&mut expected));
+        assert_eq!(again, expected);
+        // A state for a smaller set does not fit.
+        let mut small = Novelty::new(1, 0.5);
+        assert!(small.load(&mut StateReader(&buf)).is_none());
+    }
+
+    #[test]
+    fn the_time_of_day_wraps_around() {
+        let day = 86_400_000;
+        let late = point(0.0, day - 60_000, day, 5.0);
+        let midnight = point(0.0, 2 * day, day, 5.0);
+        let noon = point(0.0, day / 2, day, 5.0);
+        let cheb =
+            |a: [f32; 3], b: [f32; 3]| (0..3).map(|d| (a[d] - b[d]).abs()).fold(0.0f32, f32::max);
+        assert!(cheb(late, midnight) < 0.05);
+        assert!((cheb(noon, midnight) - 10.0).abs() < 1e-4);
     }
 }
