@@ -488,6 +488,10 @@ const PARAMS: &[&str] = &[
     "cooldown_points",
     "likelihood_short",
     "likelihood_long",
+    "novelty_prototypes",
+    "novelty_radius",
+    "novelty_phase",
+    "novelty_scale",
 ];
 
 fn get(c: &GeneralConfig, k: &str) -> f64 {
@@ -509,6 +513,10 @@ fn get(c: &GeneralConfig, k: &str) -> f64 {
         "cooldown_points" => c.cooldown_points as f64,
         "likelihood_short" => c.likelihood_short,
         "likelihood_long" => c.likelihood_long,
+        "novelty_prototypes" => c.novelty_prototypes as f64,
+        "novelty_radius" => c.novelty_radius,
+        "novelty_phase" => c.novelty_phase,
+        "novelty_scale" => c.novelty_scale,
         _ => f64::NAN,
     }
 }
@@ -534,6 +542,10 @@ fn set(c: &mut GeneralConfig, k: &str, v: f64) -> Result<()> {
         "cooldown_points" => c.cooldown_points = count(),
         "likelihood_short" => c.likelihood_short = v,
         "likelihood_long" => c.likelihood_long = v,
+        "novelty_prototypes" => c.novelty_prototypes = count(),
+        "novelty_radius" => c.novelty_radius = v,
+        "novelty_phase" => c.novelty_phase = v,
+        "novelty_scale" => c.novelty_scale = v,
         _ => bail!("unknown parameter `{k}` (see GeneralConfig)"),
     }
     Ok(())

@@ -32,12 +32,18 @@
 //! view cannot mask a quiet one that changed. On the NAB dev set this stage is worth
 //! +4.7 points (72.4 -> 77.1, standard profile).
 //!
+//! Opt-in (`novelty_prototypes` > 0, off by default for its cost): a fifth, grid-free test,
+//! the distance of (level, time of day) to the nearest remembered such point
+//! ([`super::novelty`]), calibrated the same way; +0.3 on NAB dev, +1.2 on the
+//! bin-edge-jittered score.
+//!
 //! The score is the max over the four point rarities and four likelihoods, mapped so that
 //! `alert_nats` scores exactly 0.5. A [`Suppressor`] then gives one alert per episode.
 //!
 //! Cost: O(1) per point, ~9 KiB of state per series, no allocation after construction,
 //! deterministic (no randomness, no wall clock).
 
+use super::novelty::{self, Novelty};
 use super::{sanitize, Detector, StateReader, StateWriter, Suppressor, DEFAULT_ALERT_THRESHOLD};
 
 /// Bins per view histogram. With 3 bins per asinh unit this spans |z| up to ~1e9.
@@ -60,11 +66,15 @@ const WINSOR: f64 = 10.0;
 /// Number of views.
 const NV: usize = 4;
 
-const VIEW_NAMES: [&str; NV] = [
+/// Index of the (level, time of day) novelty test in [`VIEW_NAMES`] and `last_view`.
+const NOVELTY: usize = NV;
+
+const VIEW_NAMES: [&str; NV + 1] = [
     "level",
     "smoothed level",
     "step size",
     "time-of-day residual",
+    "level at this time of day",
 ];
 
 /// Parameters of [`GeneralDetector`]. The defaults are the NAB-tuned configuration; all
@@ -111,6 +121,19 @@ pub struct GeneralConfig {
     pub likelihood_short: f64,
     /// Horizon (points) of the long-run mean and variance that short average is compared with.
     pub likelihood_long: f64,
+    /// Remembered (level, time of day) points of the novelty test ([`super::novelty`]);
+    /// 0 (the default) disables the test. 128–256 is worth +0.2–0.3 NAB points (+1.1–1.2
+    /// on the bin-edge-jittered score) but halves the throughput as measured so far, see
+    /// docs/BENCHMARKS.md "NAB dev, third attempt".
+    pub novelty_prototypes: usize,
+    /// Distance (asinh units of the level's running scale) within which a point matches a
+    /// remembered one instead of becoming a new one.
+    pub novelty_radius: f64,
+    /// Radius of the time-of-day circle (same units; `season_period_ms` is one turn): with
+    /// 5 and `novelty_radius` 0.6 a remembered point covers about ±1 h 50 min of the day.
+    pub novelty_phase: f64,
+    /// Surprisal (nats) per unit of distance to the nearest remembered point.
+    pub novelty_scale: f64,
 }
 
 impl Default for GeneralConfig {
@@ -135,6 +158,10 @@ impl Default for GeneralConfig {
             cooldown_points: 30,
             likelihood_short: 120.0,
             likelihood_long: 2000.0,
+            novelty_prototypes: 0,
+            novelty_radius: 0.6,
+            novelty_phase: 5.0,
+            novelty_scale: 3.0,
         }
     }
 }
@@ -196,6 +223,21 @@ impl GeneralConfig {
             return Err(format!(
                 "general: distance_nats must be >= 0, got {}",
                 self.distance_nats
+            ));
+        }
+        if self.novelty_prototypes > novelty::MAX_PROTOTYPES {
+            return Err(format!(
+                "general: novelty_prototypes must be in 0..={}, got {}",
+                novelty::MAX_PROTOTYPES,
+                self.novelty_prototypes
+            ));
+        }
+        pos("novelty_radius", self.novelty_radius)?;
+        pos("novelty_scale", self.novelty_scale)?;
+        if !(self.novelty_phase.is_finite() && self.novelty_phase >= 0.0) {
+            return Err(format!(
+                "general: novelty_phase must be >= 0, got {}",
+                self.novelty_phase
             ));
         }
         if self.season_period_ms <= 0 {
@@ -278,10 +320,7 @@ struct View {
     scale: f64,
     n: u64,
     hist: Hist<NB>,
-    cal: Hist<CB>,
-    /// Surprisal above which the exponential tail applies, and its mean excess.
-    tail_u: f64,
-    tail_beta: f64,
+    calib: Calib,
 }
 
 impl View {
@@ -291,9 +330,7 @@ impl View {
             scale: 0.0,
             n: 0,
             hist: Hist::new(),
-            cal: Hist::new(),
-            tail_u: f64::INFINITY,
-            tail_beta: 1.0,
+            calib: Calib::new(),
         }
     }
 
@@ -302,25 +339,25 @@ impl View {
         w.f64(self.scale);
         w.u64(self.n);
         self.hist.save(w);
-        self.cal.save(w);
-        w.f64(self.tail_u);
-        w.f64(self.tail_beta);
+        self.calib.save(w);
     }
     fn load(&mut self, r: &mut StateReader) -> Option<()> {
         self.loc = r.f64()?;
         self.scale = r.f64()?;
         self.n = r.u64()?;
         self.hist.load(r)?;
-        self.cal.load(r)?;
-        self.tail_u = r.f64()?;
-        self.tail_beta = r.f64()?;
-        Some(())
+        self.calib.load(r)
+    }
+
+    /// `asinh` of the distance from the running location in running scales.
+    fn normalised(&self, f: f64) -> f64 {
+        // Floor relative to the level: a constant series still gets finite, large z on change.
+        let s = self.scale.max(1e-9 * self.loc.abs().max(1.0));
+        fast_asinh((f - self.loc) / s)
     }
 
     fn bin(&self, f: f64, bpu: f64) -> usize {
-        // Floor relative to the level: a constant series still gets finite, large z on change.
-        let s = self.scale.max(1e-9 * self.loc.abs().max(1.0));
-        let u = fast_asinh((f - self.loc) / s) * bpu + (NB / 2) as f64;
+        let u = self.normalised(f) * bpu + (NB / 2) as f64;
         u.clamp(0.0, (NB - 1) as f64) as usize
     }
 
@@ -349,49 +386,13 @@ impl View {
         s
     }
 
-    /// Calibrated rarity (nats) of surprisal `r` against this view's own history.
-    fn rarity(&self, r: f64, cfg: &GeneralConfig) -> f64 {
-        if r > self.tail_u {
-            return -cfg.tail_fraction.ln() + (r - self.tail_u) / self.tail_beta;
-        }
-        let b = cal_bin(r);
-        // Sum whichever side of the bin is shorter (most surprisals are small, so usually
-        // the prefix): halves the cost of the hottest loop.
-        let raw_tail = if b < CB / 2 {
-            (self.cal.total - self.cal.bins[..b].iter().sum::<f64>()).max(0.0)
-        } else {
-            self.cal.bins[b..].iter().sum::<f64>()
-        };
-        let tail = raw_tail / self.cal.w;
-        -((tail + cfg.calib_prior) / (self.cal.total() + cfg.calib_prior)).ln()
-    }
-
-    fn learn_surprisal(&mut self, r: f64, cfg: &GeneralConfig) {
-        if r > self.tail_u {
-            // Mean excess over the threshold = MLE of the exponential tail's scale.
-            self.tail_beta += 0.05 * ((r - self.tail_u) - self.tail_beta);
-            self.tail_beta = self.tail_beta.max(cfg.tail_beta_min);
-        }
-        self.cal.add(cal_bin(r), cfg.calib_memory);
-        if self.n.is_multiple_of(CAL_REFRESH) {
-            let need = cfg.tail_fraction * self.cal.total;
-            let mut acc = 0.0;
-            let mut k = CB;
-            while k > 0 && acc < need {
-                k -= 1;
-                acc += self.cal.bins[k];
-            }
-            self.tail_u = k as f64 / CAL_STEP;
-        }
-    }
-
     /// Score `f` (returns calibrated rarity, or 0 while immature), then learn it.
     fn observe(&mut self, f: f64, cfg: &GeneralConfig) -> f64 {
         let mut rarity = 0.0;
         if self.n >= MIN_VIEW_POINTS {
             let r = self.surprisal(f, cfg);
-            rarity = self.rarity(r, cfg);
-            self.learn_surprisal(r, cfg);
+            rarity = self.calib.rarity(r, cfg);
+            self.calib.learn(r, self.n, cfg);
         }
         self.n += 1;
         if self.n == 1 {
@@ -416,6 +417,76 @@ impl View {
             self.hist.add(b, cfg.memory);
         }
         rarity
+    }
+}
+
+/// Calibration of one surprisal stream against its own history: a forgetting histogram of
+/// past surprisals, with an exponential tail above its `1 - tail_fraction` quantile.
+#[derive(Debug, Clone)]
+struct Calib {
+    cal: Hist<CB>,
+    /// Surprisal above which the exponential tail applies, and its mean excess.
+    tail_u: f64,
+    tail_beta: f64,
+}
+
+impl Calib {
+    fn new() -> Self {
+        Calib {
+            cal: Hist::new(),
+            tail_u: f64::INFINITY,
+            tail_beta: 1.0,
+        }
+    }
+
+    fn save(&self, w: &mut StateWriter) {
+        self.cal.save(w);
+        w.f64(self.tail_u);
+        w.f64(self.tail_beta);
+    }
+    fn load(&mut self, r: &mut StateReader) -> Option<()> {
+        self.cal.load(r)?;
+        self.tail_u = r.f64()?;
+        self.tail_beta = r.f64()?;
+        Some(())
+    }
+
+    /// Calibrated rarity (nats) of surprisal `r` against this stream's own history.
+    fn rarity(&self, r: f64, cfg: &GeneralConfig) -> f64 {
+        if r > self.tail_u {
+            return -cfg.tail_fraction.ln() + (r - self.tail_u) / self.tail_beta;
+        }
+        let b = cal_bin(r);
+        // Sum whichever side of the bin is shorter (most surprisals are small, so usually
+        // the prefix): halves the cost of the hottest loop.
+        let raw_tail = if b < CB / 2 {
+            (self.cal.total - self.cal.bins[..b].iter().sum::<f64>()).max(0.0)
+        } else {
+            self.cal.bins[b..].iter().sum::<f64>()
+        };
+        let tail = raw_tail / self.cal.w;
+        -((tail + cfg.calib_prior) / (self.cal.total() + cfg.calib_prior)).ln()
+    }
+
+    /// Learns surprisal `r`, the stream's `n`-th point (the tail threshold is re-read every
+    /// `CAL_REFRESH` points).
+    fn learn(&mut self, r: f64, n: u64, cfg: &GeneralConfig) {
+        if r > self.tail_u {
+            // Mean excess over the threshold = MLE of the exponential tail's scale.
+            self.tail_beta += 0.05 * ((r - self.tail_u) - self.tail_beta);
+            self.tail_beta = self.tail_beta.max(cfg.tail_beta_min);
+        }
+        self.cal.add(cal_bin(r), cfg.calib_memory);
+        if n.is_multiple_of(CAL_REFRESH) {
+            let need = cfg.tail_fraction * self.cal.total;
+            let mut acc = 0.0;
+            let mut k = CB;
+            while k > 0 && acc < need {
+                k -= 1;
+                acc += self.cal.bins[k];
+            }
+            self.tail_u = k as f64 / CAL_STEP;
+        }
     }
 }
 
@@ -494,6 +565,53 @@ impl Likelihood {
     }
 }
 
+/// The (level, time of day) novelty, calibrated like a view.
+#[derive(Debug, Clone)]
+struct NoveltyTest {
+    memory: Novelty,
+    calib: Calib,
+    n: u64,
+}
+
+impl NoveltyTest {
+    fn new(cfg: &GeneralConfig) -> Option<Self> {
+        (cfg.novelty_prototypes > 0).then(|| NoveltyTest {
+            memory: Novelty::new(cfg.novelty_prototypes, cfg.novelty_radius),
+            calib: Calib::new(),
+            n: 0,
+        })
+    }
+
+    /// Calibrated rarity (nats) of normalised level `u` at `ts_ms`, then learns it.
+    fn observe(&mut self, u: f64, ts_ms: i64, cfg: &GeneralConfig) -> f64 {
+        let p = novelty::point(u, ts_ms, cfg.season_period_ms, cfg.novelty_phase);
+        let Some(d) = self.memory.observe(p) else {
+            return 0.0;
+        };
+        self.n += 1;
+        let r = cfg.novelty_scale * d;
+        let rarity = if self.n > MIN_VIEW_POINTS {
+            self.calib.rarity(r, cfg)
+        } else {
+            0.0
+        };
+        self.calib.learn(r, self.n, cfg);
+        rarity
+    }
+
+    fn save(&self, w: &mut StateWriter) {
+        self.memory.save(w);
+        self.calib.save(w);
+        w.u64(self.n);
+    }
+    fn load(&mut self, r: &mut StateReader) -> Option<()> {
+        self.memory.load(r)?;
+        self.calib.load(r)?;
+        self.n = r.u64()?;
+        Some(())
+    }
+}
+
 /// See the module docs. Build via [`DetectorSpec::General`](super::DetectorSpec::General) or
 /// [`GeneralDetector::new`]`(GeneralConfig::default())`.
 pub struct GeneralDetector {
@@ -503,6 +621,8 @@ pub struct GeneralDetector {
     short: f64,
     views: [View; NV],
     likelihood: [Likelihood; NV],
+    /// Boxed: when the test is off (the default) it costs a pointer, not its calibration.
+    novelty: Option<Box<NoveltyTest>>,
     season: Vec<f64>,
     season_n: Vec<u32>,
     sup: Suppressor,
@@ -524,6 +644,7 @@ impl GeneralDetector {
             short: 0.0,
             views: std::array::from_fn(|_| View::new()),
             likelihood: [Likelihood::default(); NV],
+            novelty: NoveltyTest::new(&cfg).map(Box::new),
             season: vec![0.0; slots],
             season_n: vec![0; slots],
             last_value: 0.0,
@@ -559,6 +680,9 @@ impl GeneralDetector {
         for l in &self.likelihood {
             l.save(w);
         }
+        if let Some(t) = &self.novelty {
+            t.save(w);
+        }
         w.sparse_f64s(&self.season);
         let counts: Vec<f64> = self.season_n.iter().map(|&c| f64::from(c)).collect();
         w.sparse_f64s(&counts);
@@ -581,6 +705,9 @@ impl GeneralDetector {
         for l in &mut self.likelihood {
             l.load(r)?;
         }
+        if let Some(t) = &mut self.novelty {
+            t.load(r)?;
+        }
         r.sparse_f64s_into(&mut self.season)?;
         let mut counts = vec![0.0; self.season_n.len()];
         r.sparse_f64s_into(&mut counts)?;
@@ -593,7 +720,7 @@ impl GeneralDetector {
         self.sup.load_state(r)?;
         self.last_value = r.f64()?;
         self.last_rarity = r.f64()?;
-        self.last_view = r.usize().filter(|&v| v < NV)?;
+        self.last_view = r.usize().filter(|&v| v < VIEW_NAMES.len())?;
         self.last_sustained = r.bool()?;
         self.last_score = r.f64()?;
         self.last_nonfinite = r.bool()?;
@@ -640,6 +767,15 @@ impl Detector for GeneralDetector {
 
         let views = [Some(x), Some(self.short), Some(step), residual];
         let (mut best, mut which, mut sustained) = (0.0f64, 0usize, false);
+        // Normalised by the level view as it was before this point, like the views' scores.
+        if let Some(t) = self.novelty.as_mut() {
+            if self.views[0].n >= MIN_VIEW_POINTS {
+                let r = t.observe(self.views[0].normalised(x), ts_ms, cfg);
+                if r > best {
+                    (best, which) = (r, NOVELTY);
+                }
+            }
+        }
         for (k, v) in views.iter().enumerate() {
             if let Some(v) = *v {
                 let r = self.views[k].observe(v, cfg);
@@ -706,6 +842,11 @@ impl Detector for GeneralDetector {
     }
 
     fn state_bytes(&self) -> usize {
-        std::mem::size_of::<Self>() + self.season.capacity() * 8 + self.season_n.capacity() * 4
+        std::mem::size_of::<Self>()
+            + self.season.capacity() * 8
+            + self.season_n.capacity() * 4
+            + self.novelty.as_ref().map_or(0, |t| {
+                std::mem::size_of::<NoveltyTest>() + t.memory.heap_bytes()
+            })
     }
 }

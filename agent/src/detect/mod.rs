@@ -17,6 +17,7 @@
 pub mod attach;
 pub mod general;
 pub mod nab;
+mod novelty;
 pub mod simple;
 pub mod state;
 mod suppress;

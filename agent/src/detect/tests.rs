@@ -340,6 +340,40 @@ fn general_is_deterministic_and_small() {
     assert!(d.state_bytes() < 10 * 1024, "{}", d.state_bytes());
 }
 
+/// The opt-in (level, time of day) novelty test: its state survives a save/load mid-stream
+/// (same scores afterwards as an uninterrupted run), and it costs what its set holds.
+#[test]
+fn general_with_novelty_round_trips_and_stays_small() {
+    let cfg = GeneralConfig {
+        novelty_prototypes: 128,
+        ..GeneralConfig::default()
+    };
+    let mut xs = noise(12, 4000);
+    xs[3000] += 6.0;
+    let spec = DetectorSpec::General(cfg.clone());
+    let whole = scores(&spec, &xs);
+    let mut first = GeneralDetector::new(cfg.clone());
+    for (i, &x) in xs[..2000].iter().enumerate() {
+        first.update(ts(i), x);
+    }
+    let mut buf = Vec::new();
+    first.save_state(&mut StateWriter(&mut buf));
+    let mut second = GeneralDetector::new(cfg.clone());
+    let mut r = StateReader(&buf);
+    assert!(second.load_state(&mut r) && r.is_empty());
+    let rest: Vec<f64> = (2000..xs.len())
+        .map(|i| second.update(ts(i), xs[i]))
+        .collect();
+    assert_eq!(rest, whole[2000..]);
+    assert_eq!(first_alert(&whole, 2500), Some(3000));
+    // Without the novelty's part the state does not fit.
+    let mut plain = GeneralDetector::new(GeneralConfig::default());
+    let mut r = StateReader(&buf);
+    assert!(!(plain.load_state(&mut r) && r.is_empty()));
+    let bytes = GeneralDetector::new(cfg).state_bytes();
+    assert!(bytes < 14 * 1024, "{bytes}");
+}
+
 #[test]
 fn general_seasonal_break() {
     // daily sine with noise (5-minute samples); on day 10 the afternoon stays at the
