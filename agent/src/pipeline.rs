@@ -399,13 +399,13 @@ impl Pipeline {
                 for r in &readings {
                     self.process(r, msg.arrival_ms, out);
                 }
-                self.decoded = readings;
             }
             Err(dead) => {
                 self.counters.inc(&self.counters.dead_letters);
                 out.push(RecordBody::DeadLetter(dead));
             }
         }
+        self.decoded = readings;
     }
 
     /// Emits watermarks and closes due windows, pushing their results onto `out`.

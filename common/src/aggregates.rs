@@ -69,10 +69,6 @@ impl Aggregates {
         self.0.iter().map(|(k, v)| (&**k, v))
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|(k, _)| &**k)
-    }
-
     pub fn values(&self) -> impl Iterator<Item = &f64> {
         self.0.iter().map(|(_, v)| v)
     }

@@ -235,9 +235,10 @@ impl<'a> Cursor<'a> {
     fn i64(&mut self) -> Result<i64, String> {
         Ok(self.u64()? as i64)
     }
-    fn str16(&mut self) -> Result<String, String> {
+    /// Borrowed from the entry: series names go straight into their inline form.
+    fn str16(&mut self) -> Result<&'a str, String> {
         let n = self.u16()? as usize;
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| "string is not utf-8".to_string())
+        std::str::from_utf8(self.take(n)?).map_err(|_| "string is not utf-8".to_string())
     }
 }
 
@@ -271,9 +272,9 @@ pub fn decode_entry(body: &[u8]) -> Result<LogEntry, String> {
                 let payload = c.take(len)?.to_vec();
                 let reason = c.str16()?;
                 events.push(LogEvent::DeadLetter(DeadLetter {
-                    topic,
+                    topic: topic.to_string(),
                     payload,
-                    reason,
+                    reason: reason.to_string(),
                     received_ms,
                 }));
             }
