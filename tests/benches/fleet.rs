@@ -43,7 +43,11 @@ fn free_port() -> u16 {
 fn wait_port(port: u16) {
     let end = Instant::now() + Duration::from_secs(15);
     while Instant::now() < end {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        // A socket connected to itself (simultaneous open on an ephemeral port) is
+        // not a server.
+        if std::net::TcpStream::connect(("127.0.0.1", port))
+            .is_ok_and(|s| s.local_addr().ok() != s.peer_addr().ok())
+        {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -69,8 +69,17 @@ pub fn wait_for_port(port: u16) {
     wait_until(
         &format!("port {port} to accept connections"),
         Duration::from_secs(15),
-        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        || accepts(port),
     );
+}
+
+/// Whether a server listens on `port`. Polling a port in the ephemeral range that
+/// nobody listens on yet can connect the socket to itself (TCP simultaneous open: the
+/// kernel picked the same port as the source), which looks like a server and is not
+/// one; such a connection does not count.
+pub fn accepts(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port))
+        .is_ok_and(|s| s.local_addr().ok() != s.peer_addr().ok())
 }
 
 /// A child process whose output goes to a log file; killed on drop, and its log is
@@ -324,7 +333,7 @@ pub fn fleet_reachable(fleet_url: &str) -> bool {
     fleet_url
         .rsplit_once(':')
         .and_then(|(_, port)| port.trim_end_matches('/').parse::<u16>().ok())
-        .is_some_and(|port| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
+        .is_some_and(accepts)
 }
 
 /// Starts an agent; it enrolls first when the fleet is up and it has no
