@@ -213,28 +213,34 @@ impl Pipeline {
         });
     }
 
+    /// Publishes what changed in the shared counters. Called per reading, so it reads
+    /// only the four totals it publishes and skips the atomic adds (shared cache
+    /// lines) when nothing changed, which is nearly always.
     fn report(&mut self) {
-        let now = self.stats();
+        let (late, emitted) = self.jobs.iter().fold((0, 0), |(l, e), j| {
+            let s = j.stats_ref();
+            (l + s.late_dropped, e + s.windows_emitted)
+        });
+        let (anomalies, rejected) = self.detector_totals();
         let c = &self.counters;
-        // Called per reading: skip the atomic adds (shared cache lines) when unchanged.
-        if now.late_dropped != self.reported.late_dropped {
-            c.add(
-                &c.late_dropped,
-                now.late_dropped - self.reported.late_dropped,
-            );
+        let was = (
+            self.reported.late_dropped,
+            self.reported.windows_emitted,
+            self.reported_detectors,
+        );
+        if (late, emitted, (anomalies, rejected)) == was {
+            return;
         }
-        if now.windows_emitted != self.reported.windows_emitted {
-            c.add(
-                &c.windows_emitted,
-                now.windows_emitted - self.reported.windows_emitted,
-            );
-        }
-        self.reported = now;
-        let now = self.detector_totals();
-        let (seen_a, seen_r) = self.reported_detectors;
-        c.add(&c.anomalies, now.0.saturating_sub(seen_a));
-        c.add(&c.detector_series_rejected, now.1.saturating_sub(seen_r));
-        self.reported_detectors = now;
+        c.add(&c.late_dropped, late.saturating_sub(was.0));
+        c.add(&c.windows_emitted, emitted.saturating_sub(was.1));
+        c.add(&c.anomalies, anomalies.saturating_sub(was.2 .0));
+        c.add(
+            &c.detector_series_rejected,
+            rejected.saturating_sub(was.2 .1),
+        );
+        self.reported.late_dropped = late;
+        self.reported.windows_emitted = emitted;
+        self.reported_detectors = (anomalies, rejected);
     }
 
     /// (anomalies, series rejected) over every pipeline's detectors.

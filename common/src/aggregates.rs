@@ -56,6 +56,19 @@ impl Aggregates {
         }
     }
 
+    /// Appends without comparing names: the engine's per-result path (~9 names per
+    /// window result), where a string comparison per push cost more than the push.
+    /// The caller's names must ascend strictly (the engine walks a spec sorted and
+    /// deduplicated once); checked in debug builds, and a caller that breaks it gets
+    /// lookups that may miss, never unsafety.
+    pub fn push_in_order(&mut self, name: &Arc<str>, value: f64) {
+        debug_assert!(
+            self.0.last().is_none_or(|(last, _)| **last < **name),
+            "push_in_order: {name:?} does not sort after the names held"
+        );
+        self.0.push((name.clone(), value));
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }

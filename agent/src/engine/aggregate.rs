@@ -60,6 +60,8 @@ impl AggSpec {
             .map(|a| (Arc::from(a.name()), *a))
             .collect();
         extra.sort_by(|a, b| a.0.cmp(&b.0));
+        // A name asked for twice is reported once (results push names in order).
+        extra.dedup_by(|a, b| a.0 == b.0);
         Self {
             quantiles: extra
                 .iter()
@@ -94,18 +96,7 @@ impl AggSpec {
     /// An accumulator whose quantiles come from elsewhere (time windows keep one
     /// sketch per pane, shared by the overlapping windows).
     pub(crate) fn new_acc_without_sketch(&self) -> Acc {
-        Acc {
-            count: 0,
-            sum: 0.0,
-            min: f64::INFINITY,
-            max: f64::NEG_INFINITY,
-            mean: 0.0,
-            m2: 0.0,
-            first: (i64::MAX, 0.0),
-            last: (i64::MIN, 0.0),
-            reduced: None,
-            sketch: None,
-        }
+        Acc::empty()
     }
 
     pub(crate) fn new_acc(&self) -> Acc {
@@ -218,7 +209,8 @@ impl AggSpec {
             };
             // Undefined values (rate of a single reading) are left out rather than NaN.
             if let Some(v) = v.filter(|v| v.is_finite()) {
-                aggregates.push(name, v);
+                // `extra` is sorted and deduplicated (`new`).
+                aggregates.push_in_order(name, v);
             }
         }
         if let Some(r) = acc.reduced {
@@ -256,7 +248,33 @@ pub struct Acc {
     sketch: Option<Box<Sketch>>,
 }
 
+impl Default for Acc {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
 impl Acc {
+    /// The accumulator of no readings, without a sketch.
+    pub fn empty() -> Self {
+        Acc {
+            count: 0,
+            sum: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            mean: 0.0,
+            m2: 0.0,
+            first: (i64::MAX, 0.0),
+            last: (i64::MIN, 0.0),
+            reduced: None,
+            sketch: None,
+        }
+    }
+
+    pub(crate) fn set_sketch(&mut self, sketch: Option<Sketch>) {
+        self.sketch = sketch.map(Box::new);
+    }
+
     /// Bytes held, inline and on the heap.
     pub fn bytes(&self) -> usize {
         std::mem::size_of::<Self>() + self.sketch.as_ref().map_or(0, |s| s.bytes())

@@ -66,16 +66,52 @@ pub struct JobStats {
 
 #[cfg(test)]
 pub(crate) type WinForSize = Win;
+#[cfg(test)]
+pub(crate) type PaneForSize = Pane;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Win {
     start: i64,
     end: i64,
-    acc: Acc,
+    /// Session and count windows: the window's accumulator (always present).
+    ///
+    /// Time windows: readings go to their pane ([`Pane::acc`]), and a window's
+    /// aggregates merge the panes it covers, so a reading costs one accumulator
+    /// update however many sliding windows overlap. Here a time window holds only
+    /// what its panes must not supply: its complete aggregates once it is `frozen`,
+    /// or, restored from a checkpoint written before panes had accumulators, what it
+    /// had gathered by then (its panes hold the rest). A checkpoint's `Acc` here reads
+    /// back as `Some`, so those checkpoints restore unchanged.
+    acc: Option<Box<Acc>>,
     /// Last revision emitted; `None` while open.
     emitted: Option<u32>,
     /// Changed since the last emission (recompute policy).
     dirty: bool,
+    /// Time windows: a reading in one of its panes was too late for this window
+    /// (though not for a newer one that shares the pane), so before that reading
+    /// entered the pane the window took its aggregates from its panes into `acc`
+    /// and reads only that from then on. It takes no reading after that: the
+    /// watermark only rises.
+    #[serde(default)]
+    frozen: bool,
+}
+
+impl Win {
+    fn new(start: i64, end: i64, acc: Option<Box<Acc>>) -> Self {
+        Win {
+            start,
+            end,
+            acc,
+            emitted: None,
+            dirty: false,
+            frozen: false,
+        }
+    }
+
+    /// The accumulator of a session or count window.
+    fn own_acc(&mut self, aggs: &AggSpec) -> &mut Acc {
+        self.acc.get_or_insert_with(|| Box::new(aggs.new_acc()))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,32 +143,80 @@ impl KeyState {
     }
 }
 
+/// One `gcd(size, slide)` slice of a key's time windows: every reading in it, in one
+/// accumulator and (with quantiles) one sketch. A window covers whole panes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Pane {
+pub(crate) struct Pane {
     start: i64,
+    /// Empty unless the pipeline asks for quantiles.
+    sketch: Sketch,
+    /// Checkpoints written before panes had accumulators read back an empty one:
+    /// their windows carry what came before in [`Win::acc`].
+    #[serde(default = "Acc::empty")]
+    acc: Acc,
+}
+
+/// Scratch space for the aggregates of a time window made of several panes, reused
+/// so that emitting a sliding window allocates nothing.
+#[derive(Debug, Default)]
+struct Merged {
+    acc: Acc,
     sketch: Sketch,
 }
 
-/// The sketch of the window `[start, end)`: its one pane, or its panes merged into
-/// `scratch` (reused, so emitting a sliding window allocates no sketch).
-fn pane_sketch<'a>(
+/// The aggregates and quantile sketch of the window `w`: a session or count
+/// window's own accumulator; a time window's frozen accumulator, its one pane (a
+/// tumbling window: nothing is copied), or its panes (and any pre-pane part) merged
+/// into `scratch`.
+fn window_acc<'a>(
+    aggs: &AggSpec,
+    w: &'a Win,
     panes: &'a [Pane],
-    start: i64,
-    end: i64,
-    scratch: &'a mut Sketch,
-) -> Option<&'a Sketch> {
-    let from = panes.partition_point(|p| p.start < start);
-    let to = panes.partition_point(|p| p.start < end);
-    match &panes[from..to] {
-        [] => None,
-        [one] => Some(&one.sketch),
-        many => {
-            scratch.clear();
-            for p in many {
-                scratch.merge(&p.sketch);
-            }
-            Some(scratch)
+    scratch: &'a mut Merged,
+) -> (&'a Acc, Option<&'a Sketch>) {
+    if w.frozen {
+        if let Some(acc) = w.acc.as_deref() {
+            // The sketch it took from its panes, if any, is in the accumulator.
+            return (acc, None);
         }
+    }
+    let from = panes.partition_point(|p| p.start < w.start);
+    let to = panes.partition_point(|p| p.start < w.end);
+    let sketch = aggs.has_sketch();
+    match (&panes[from..to], w.acc.as_deref()) {
+        ([], Some(own)) => (own, None),
+        ([one], None) => (&one.acc, sketch.then_some(&one.sketch)),
+        (many, own) => {
+            scratch.acc = aggs.new_acc_without_sketch();
+            scratch.sketch.clear();
+            if let Some(own) = own {
+                aggs.merge(&mut scratch.acc, own);
+            }
+            for p in many {
+                aggs.merge(&mut scratch.acc, &p.acc);
+                if sketch {
+                    scratch.sketch.merge(&p.sketch);
+                }
+            }
+            (&scratch.acc, sketch.then_some(&scratch.sketch))
+        }
+    }
+}
+
+/// Freezes the time window `w` (see [`Win::frozen`]): its aggregates, quantile
+/// sketch included, move from its panes into its own accumulator.
+fn freeze(aggs: &AggSpec, w: &mut Win, panes: &[Pane], scratch: &mut Merged) {
+    let (acc, sketch) = window_acc(aggs, w, panes, scratch);
+    let mut own = acc.clone();
+    own.set_sketch(sketch.cloned());
+    w.acc = Some(Box::new(own));
+    w.frozen = true;
+}
+
+fn add_to_pane(aggs: &AggSpec, pane: &mut Pane, r: &Reading) {
+    aggs.add(&mut pane.acc, r.ts_ms, r.value);
+    if aggs.has_sketch() {
+        pane.sketch.add(r.value);
     }
 }
 
@@ -180,8 +264,8 @@ pub struct Job {
     /// watermark, so a close pass visits the devices whose watermark passed that
     /// deadline instead of every key.
     device_keys: Vec<DeviceKeys>,
-    /// Window quantiles merge their panes into this, reused between windows.
-    merged: Sketch,
+    /// Windows of several panes merge them into this, reused between windows.
+    merged: Merged,
     /// Results of a close pass, sorted before they go out; kept between passes so a
     /// pass that closes thousands of windows does not allocate (and free) its list.
     closed: Vec<WindowResult>,
@@ -251,7 +335,7 @@ impl Job {
                 WindowSpec::Session { .. } | WindowSpec::Count { .. } => 0,
             },
             device_keys: Vec::new(),
-            merged: Sketch::new(),
+            merged: Merged::default(),
             closed: Vec::new(),
             stats: JobStats::default(),
             scratch: Vec::new(),
@@ -308,6 +392,21 @@ impl Job {
         self.stats
     }
 
+    pub(crate) fn stats_ref(&self) -> &JobStats {
+        &self.stats
+    }
+
+    /// The watermark a reading from `device` is judged by now.
+    #[cfg(test)]
+    pub(crate) fn watermark_of(&self, device: &str) -> i64 {
+        if !self.key.per_device() {
+            return self.state.clocks.global_ms();
+        }
+        self.device_index
+            .get(device)
+            .map_or(i64::MIN, |&d| self.state.clocks.device_ms(d))
+    }
+
     /// Keys with state right now.
     pub fn keys(&self) -> usize {
         self.live_keys
@@ -328,7 +427,7 @@ impl Job {
                     + k.windows.capacity() * std::mem::size_of::<Win>()
                     + k.windows
                         .iter()
-                        .map(|w| w.acc.bytes() - std::mem::size_of::<Acc>())
+                        .filter_map(|w| w.acc.as_deref().map(Acc::bytes))
                         .sum::<usize>()
                     + k.panes.capacity() * std::mem::size_of::<Pane>()
                     + k.panes
@@ -347,7 +446,7 @@ impl Job {
                 .map(String::capacity)
                 .sum::<usize>()
             + self.state.clocks.bytes()
-            + self.merged.bytes()
+            + self.merged.sketch.bytes()
             + self
                 .device_keys
                 .iter()
@@ -531,10 +630,10 @@ impl Job {
                 };
                 if let Some(rev) = rev {
                     if !matches!(self.window, WindowSpec::Count { .. }) {
-                        let sk = pane_sketch(&k.panes, w.start, w.end, &mut self.merged);
+                        let (acc, sk) = window_acc(&self.aggs, &w, &k.panes, &mut self.merged);
                         results.push(
                             self.aggs
-                                .finish(&w.acc, sk, &self.name, &k.key, w.start, w.end, rev),
+                                .finish(acc, sk, &self.name, &k.key, w.start, w.end, rev),
                         );
                     }
                 }
@@ -620,99 +719,111 @@ impl Job {
         let mut revised: Vec<WindowResult> = Vec::new();
         let immediate = self.late.policy == LatePolicy::AllowedLateness;
         let accepts = |end: i64| !(end <= wm && !(keeps_late && end.saturating_add(lateness) > wm));
-        let panes = aggs.has_sketch();
         let merged = &mut self.merged;
-        // Time windows: the reading's pane sketch first (re-emits below read it). The
-        // window containing it with the latest end decides whether any takes it.
-        // The latest window start: one division per reading, the panes and the other
-        // windows derive from it (a pane is the slide when the slide divides the size).
-        let latest = match self.window {
-            WindowSpec::Tumbling { size_ms } => {
-                Some((tumbling::assign(r.ts_ms, size_ms).0, size_ms))
-            }
-            WindowSpec::Sliding { size_ms, slide_ms } => {
-                Some((tumbling::assign(r.ts_ms, slide_ms).0, size_ms))
-            }
-            WindowSpec::Session { .. } | WindowSpec::Count { .. } => None,
-        };
-        if let Some((latest_start, size_ms)) = latest {
-            if panes && accepts(latest_start.saturating_add(size_ms)) {
-                let start = match self.window {
-                    WindowSpec::Sliding { slide_ms, .. } if self.pane_ms != slide_ms => {
-                        tumbling::assign(r.ts_ms, self.pane_ms).0
-                    }
-                    _ => latest_start,
-                };
-                let i = match k.panes.binary_search_by_key(&start, |p| p.start) {
-                    Ok(i) => i,
-                    Err(i) => {
-                        // Sized like its neighbour: one allocation per pane
-                        // instead of one per bucket range it grows into.
-                        let sketch = k
-                            .panes
-                            .get(i.wrapping_sub(1))
-                            .or(k.panes.get(i))
-                            .map_or_else(Sketch::new, |p| p.sketch.empty_like());
-                        k.panes.insert(i, Pane { start, sketch });
-                        i
-                    }
-                };
-                k.panes[i].sketch.add(r.value);
-            }
-        }
-        let mut time_window = |k: &mut KeyState, start: i64, end: i64| {
-            let pos = k.windows.binary_search_by_key(&start, |w| w.start);
-            if !accepts(end) {
-                missed = true;
-                return;
-            }
-            match pos {
-                Ok(i) => {
-                    let w = &mut k.windows[i];
-                    aggs.add(&mut w.acc, r.ts_ms, r.value);
-                    if let Some(rev) = w.emitted {
-                        if immediate {
-                            w.emitted = Some(rev + 1);
-                            let sk = pane_sketch(&k.panes, w.start, w.end, merged);
-                            revised.push(aggs.finish(
-                                &w.acc,
-                                sk,
-                                &self.name,
-                                &k.key,
-                                w.start,
-                                w.end,
-                                rev + 1,
-                            ));
-                        } else {
-                            w.dirty = true;
-                        }
-                    }
-                }
-                Err(i) => {
-                    let mut acc = aggs.new_acc_without_sketch();
-                    aggs.add(&mut acc, r.ts_ms, r.value);
-                    k.windows.insert(
-                        i,
-                        Win {
-                            start,
-                            end,
-                            acc,
-                            emitted: None,
-                            dirty: false,
-                        },
-                    );
-                    k.deadline = k.deadline.min(end);
-                }
-            }
-        };
         match self.window {
-            WindowSpec::Tumbling { size_ms } => {
-                let s = latest.map_or(0, |l| l.0);
-                time_window(k, s, s.saturating_add(size_ms));
-            }
-            WindowSpec::Sliding { size_ms, slide_ms } => {
-                let s = latest.map_or(0, |l| l.0);
-                sliding::assign_from(s, r.ts_ms, size_ms, slide_ms, |s, e| time_window(k, s, e));
+            WindowSpec::Tumbling { size_ms } | WindowSpec::Sliding { size_ms, .. } => {
+                let slide_ms = match self.window {
+                    WindowSpec::Sliding { slide_ms, .. } => slide_ms,
+                    _ => size_ms,
+                };
+                // One division per reading: the latest window start; the other windows
+                // and the pane derive from it (the pane is the slide when the slide
+                // divides the size, as it nearly always does).
+                let latest_start = tumbling::assign(r.ts_ms, slide_ms).0;
+                let pane_start = if self.pane_ms == slide_ms {
+                    latest_start
+                } else {
+                    tumbling::assign(r.ts_ms, self.pane_ms).0
+                };
+                let mut earliest_start = latest_start;
+                sliding::assign_from(latest_start, r.ts_ms, size_ms, slide_ms, |s, _| {
+                    earliest_start = s
+                });
+                let pane = match k.panes.last() {
+                    Some(p) if p.start == pane_start => Ok(k.panes.len() - 1),
+                    _ => k.panes.binary_search_by_key(&pane_start, |p| p.start),
+                };
+                match pane {
+                    // Every window containing the reading is open and exists: they
+                    // were created with the pane's first reading, and the watermark is
+                    // below the earliest end among them, so none has closed. The
+                    // reading touches its pane only.
+                    Ok(i) if earliest_start.saturating_add(size_ms) > wm => {
+                        add_to_pane(aggs, &mut k.panes[i], r);
+                    }
+                    _ if !accepts(latest_start.saturating_add(size_ms)) => {
+                        // Too late for the newest window containing it: for all.
+                        missed = true;
+                    }
+                    _ => {
+                        // First, windows this reading is too late for freeze their
+                        // aggregates, so that it does not reach them through the pane.
+                        // (The close pass after each watermark update retires such
+                        // windows, so this finds none today; it keeps results right
+                        // should a window ever outlive its deadline.)
+                        sliding::assign_from(latest_start, r.ts_ms, size_ms, slide_ms, |s, e| {
+                            if accepts(e) {
+                                return;
+                            }
+                            missed = true;
+                            if let Ok(i) = k.windows.binary_search_by_key(&s, |w| w.start) {
+                                if !k.windows[i].frozen {
+                                    freeze(aggs, &mut k.windows[i], &k.panes, merged);
+                                }
+                            }
+                        });
+                        let i = pane.unwrap_or_else(|i| {
+                            // Sized like its neighbour: one allocation per pane instead
+                            // of one per bucket range it grows into.
+                            let sketch = match k.panes.get(i.wrapping_sub(1)).or(k.panes.get(i)) {
+                                Some(p) if aggs.has_sketch() => p.sketch.empty_like(),
+                                _ => Sketch::new(),
+                            };
+                            k.panes.insert(
+                                i,
+                                Pane {
+                                    start: pane_start,
+                                    sketch,
+                                    acc: Acc::empty(),
+                                },
+                            );
+                            i
+                        });
+                        add_to_pane(aggs, &mut k.panes[i], r);
+                        // Then the windows that take it: new ones open, emitted ones
+                        // within their allowed lateness are revised.
+                        sliding::assign_from(latest_start, r.ts_ms, size_ms, slide_ms, |s, e| {
+                            if !accepts(e) {
+                                return;
+                            }
+                            match k.windows.binary_search_by_key(&s, |w| w.start) {
+                                Ok(i) => {
+                                    let w = &mut k.windows[i];
+                                    let Some(rev) = w.emitted else { return };
+                                    if immediate {
+                                        w.emitted = Some(rev + 1);
+                                        let (acc, sk) = window_acc(aggs, w, &k.panes, merged);
+                                        revised.push(aggs.finish(
+                                            acc,
+                                            sk,
+                                            &self.name,
+                                            &k.key,
+                                            w.start,
+                                            w.end,
+                                            rev + 1,
+                                        ));
+                                    } else {
+                                        w.dirty = true;
+                                    }
+                                }
+                                Err(i) => {
+                                    k.windows.insert(i, Win::new(s, e, None));
+                                    k.deadline = k.deadline.min(e);
+                                }
+                            }
+                        });
+                    }
+                }
             }
             WindowSpec::Session { gap_ms } => {
                 let (s, e) = session::span(r.ts_ms, gap_ms);
@@ -727,18 +838,20 @@ impl Job {
                     });
                     match kept {
                         Some(w) if keeps_late => {
-                            aggs.add(&mut w.acc, r.ts_ms, r.value);
+                            aggs.add(w.own_acc(aggs), r.ts_ms, r.value);
                             w.end = w.end.max(e);
                             let rev = w.emitted.unwrap_or(0);
                             if immediate {
                                 w.emitted = Some(rev + 1);
+                                let (start, end) = (w.start, w.end);
+                                let acc = &*w.own_acc(aggs);
                                 revised.push(aggs.finish(
-                                    &w.acc,
+                                    acc,
                                     None,
                                     &self.name,
                                     &k.key,
-                                    w.start,
-                                    w.end,
+                                    start,
+                                    end,
                                     rev + 1,
                                 ));
                             } else {
@@ -749,16 +862,7 @@ impl Job {
                             let mut acc = aggs.new_acc();
                             aggs.add(&mut acc, r.ts_ms, r.value);
                             let i = k.windows.partition_point(|w| w.start <= s);
-                            k.windows.insert(
-                                i,
-                                Win {
-                                    start: s,
-                                    end: e,
-                                    acc,
-                                    emitted: None,
-                                    dirty: false,
-                                },
-                            );
+                            k.windows.insert(i, Win::new(s, e, Some(Box::new(acc))));
                             k.deadline = k.deadline.min(e);
                         }
                         _ => missed = true,
@@ -771,7 +875,9 @@ impl Job {
                     while i < k.windows.len() {
                         if open(&k.windows[i]) {
                             let w = k.windows.remove(i);
-                            aggs.merge(&mut acc, &w.acc);
+                            if let Some(a) = &w.acc {
+                                aggs.merge(&mut acc, a);
+                            }
                             start = start.min(w.start);
                             end = end.max(w.end);
                         } else {
@@ -779,35 +885,24 @@ impl Job {
                         }
                     }
                     let i = k.windows.partition_point(|w| w.start <= start);
-                    k.windows.insert(
-                        i,
-                        Win {
-                            start,
-                            end,
-                            acc,
-                            emitted: None,
-                            dirty: false,
-                        },
-                    );
+                    k.windows
+                        .insert(i, Win::new(start, end, Some(Box::new(acc))));
                     k.deadline = k.next_deadline(lateness);
                 }
             }
             WindowSpec::Count { count } => {
                 if k.windows.is_empty() {
-                    k.windows.push(Win {
-                        start: r.ts_ms,
-                        end: r.ts_ms,
-                        acc: aggs.new_acc(),
-                        emitted: None,
-                        dirty: false,
-                    });
+                    let acc = Some(Box::new(aggs.new_acc()));
+                    k.windows.push(Win::new(r.ts_ms, r.ts_ms, acc));
                 }
                 let w = &mut k.windows[0];
-                aggs.add(&mut w.acc, r.ts_ms, r.value);
+                aggs.add(w.own_acc(aggs), r.ts_ms, r.value);
                 w.start = w.start.min(r.ts_ms);
                 w.end = w.end.max(r.ts_ms.saturating_add(1));
-                if count::full(w.acc.count, count) {
-                    revised.push(aggs.finish(&w.acc, None, &self.name, &k.key, w.start, w.end, 0));
+                let (start, end) = (w.start, w.end);
+                let acc = &*w.own_acc(aggs);
+                if count::full(acc.count, count) {
+                    revised.push(aggs.finish(acc, None, &self.name, &k.key, start, end, 0));
                     k.windows.clear();
                 }
             }
@@ -1006,7 +1101,7 @@ struct Closer<'a> {
     aggs: &'a AggSpec,
     name: &'a str,
     lateness: i64,
-    merged: &'a mut Sketch,
+    merged: &'a mut Merged,
     results: Vec<WindowResult>,
 }
 
@@ -1019,21 +1114,19 @@ impl Closer<'_> {
         let lateness = self.lateness;
         k.windows.retain_mut(|w| {
             if w.emitted.is_none() && w.end <= wm {
-                let sk = pane_sketch(panes, w.start, w.end, self.merged);
-                self.results.push(
-                    self.aggs
-                        .finish(&w.acc, sk, self.name, key, w.start, w.end, 0),
-                );
+                let (acc, sk) = window_acc(self.aggs, w, panes, self.merged);
+                self.results
+                    .push(self.aggs.finish(acc, sk, self.name, key, w.start, w.end, 0));
                 w.emitted = Some(0);
                 w.dirty = false;
             }
             if w.end.saturating_add(lateness) <= wm {
                 if w.dirty {
                     let rev = w.emitted.map_or(0, |r| r + 1);
-                    let sk = pane_sketch(panes, w.start, w.end, self.merged);
+                    let (acc, sk) = window_acc(self.aggs, w, panes, self.merged);
                     self.results.push(
                         self.aggs
-                            .finish(&w.acc, sk, self.name, key, w.start, w.end, rev),
+                            .finish(acc, sk, self.name, key, w.start, w.end, rev),
                     );
                 }
                 return false;
@@ -1095,4 +1188,69 @@ pub(crate) fn glob(pattern: &str, text: &str) -> bool {
         }
     }
     p[pi..].iter().all(|c| *c == '*')
+}
+
+#[cfg(test)]
+mod checkpoint_compat {
+    use super::*;
+    use fieldline_common::config::pipeline::Aggregate;
+
+    /// Window and pane as checkpoints wrote them before panes had accumulators.
+    #[derive(Serialize)]
+    struct OldWin {
+        start: i64,
+        end: i64,
+        acc: Acc,
+        emitted: Option<u32>,
+        dirty: bool,
+    }
+
+    #[derive(Serialize)]
+    struct OldPane {
+        start: i64,
+        sketch: Sketch,
+    }
+
+    /// An old checkpoint's window keeps what it had gathered in its own accumulator;
+    /// readings after the upgrade go to its panes; its result is the sum of both.
+    #[test]
+    fn windows_from_checkpoints_before_pane_accumulators_keep_their_data() {
+        let aggs = AggSpec::new(&Aggregate::all());
+        let mut acc = aggs.new_acc_without_sketch();
+        let mut sketch = Sketch::new();
+        for (ts, v) in [(100, 1.0), (200, 2.0)] {
+            aggs.add(&mut acc, ts, v);
+            sketch.add(v);
+        }
+        let old_win = OldWin {
+            start: 0,
+            end: 1000,
+            acc,
+            emitted: None,
+            dirty: false,
+        };
+        let old_pane = OldPane { start: 0, sketch };
+        let bytes = fieldline_common::codec::to_cbor(&(old_win, vec![old_pane])).unwrap();
+        let (w, mut panes): (Win, Vec<Pane>) =
+            fieldline_common::codec::from_cbor(&bytes, usize::MAX).unwrap();
+        assert!(!w.frozen);
+        assert_eq!(w.acc.as_ref().map(|a| a.count), Some(2));
+        assert_eq!(panes[0].acc.count, 0);
+        let after = Reading {
+            series: SeriesKey::new("d", "m"),
+            ts_ms: 300,
+            value: 4.0,
+        };
+        add_to_pane(&aggs, &mut panes[0], &after);
+        let mut scratch = Merged::default();
+        let (acc, sk) = window_acc(&aggs, &w, &panes, &mut scratch);
+        let r = aggs.finish(acc, sk, "p", &after.series, 0, 1000, 0);
+        assert_eq!((r.count, r.sum, r.min, r.max), (3, 7.0, 1.0, 4.0));
+        assert_eq!(r.aggregates.get("first"), Some(1.0));
+        assert_eq!(r.aggregates.get("last"), Some(4.0));
+        assert!(r
+            .aggregates
+            .get("p99")
+            .is_some_and(|q| (q - 4.0).abs() < 0.05));
+    }
 }

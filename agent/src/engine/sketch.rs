@@ -32,6 +32,13 @@ enum Bucket {
     Pos(i32),
 }
 
+thread_local! {
+    /// `(value bits, index)` of the last [`Sketch::index`] on this thread (NaN: none;
+    /// sketches take finite values only).
+    static LAST_INDEX: std::cell::Cell<(u64, i32)> =
+        const { std::cell::Cell::new((0x7ff8_0000_0000_0000, 0)) };
+}
+
 fn gamma() -> f64 {
     (1.0 + RELATIVE_ACCURACY) / (1.0 - RELATIVE_ACCURACY)
 }
@@ -264,7 +271,17 @@ impl Sketch {
     }
 
     fn index(v: f64) -> i32 {
-        (v.ln() / gamma().ln()).ceil() as i32
+        // Pipelines side by side add each reading to their sketches one after the
+        // other, and the logarithm is most of an add: the last one is remembered.
+        LAST_INDEX.with(|last| {
+            let (bits, i) = last.get();
+            if bits == v.to_bits() {
+                return i;
+            }
+            let i = (v.ln() / gamma().ln()).ceil() as i32;
+            last.set((v.to_bits(), i));
+            i
+        })
     }
 
     fn value(index: i32) -> f64 {
