@@ -1,14 +1,16 @@
-//! Window accumulators: one [`Acc`] per open window per key.
+//! Window accumulators: one [`Acc`] per pane of a key's time windows, per session
+//! or count window.
 //!
 //! Count, sum, min, max, Welford's mean and M2 (variance), first and last (by event
 //! time) are always kept: they cost a few adds. The quantile sketch exists only when
-//! the pipeline asks for a quantile. Accumulators merge (session windows join), and
-//! the merge of two is the accumulator of the union.
+//! the pipeline asks for a quantile. Accumulators merge (session windows join, a
+//! time window merges its panes), and the merge of two is the accumulator of the
+//! union — so a `reduce` function must be associative, and should be commutative:
+//! a window folds its panes' partial results in time order.
 //!
-//! Bytes per open window per key: 136 (the window: bounds, revision, flags and this
-//! 104-byte accumulator). Quantile sketches (80 + 4 per log bucket) live per pane for
-//! time windows (see `job.rs`) and in the accumulator for session and count windows.
-//! See `docs/ARCHITECTURE.md` for the measured budget per series.
+//! Bytes: 104 per accumulator. Time windows keep theirs, and their quantile sketch,
+//! per pane (see `job.rs`); session and count windows carry their own. See
+//! `docs/ARCHITECTURE.md` for the measured budget per series.
 
 use std::sync::Arc;
 

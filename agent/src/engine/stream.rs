@@ -174,6 +174,8 @@ impl WindowedStream {
     }
 
     /// Folds values with `f`, reported as aggregate `reduce` next to the fixed fields.
+    /// `f` must be associative (and should be commutative): partial folds, per pane
+    /// of a time window or per merged session, are combined with `f` too.
     pub fn reduce(self, f: impl Fn(f64, f64) -> f64 + Send + Sync + 'static) -> Job {
         let spec = AggSpec::new(&[]).with_reduce(Arc::new(f));
         self.build(spec)
