@@ -42,7 +42,7 @@
 //! gives one alert per episode.
 //!
 //! Cost: O(1) per point (~4,100 instructions, ~1.5 M points per CPU second; without the
-//! novelty test ~3,100 and ~1.8 M, docs/BENCHMARKS.md), ~16.5 KiB of state per series
+//! novelty test ~3,100 and ~1.7 M, docs/BENCHMARKS.md), ~16.5 KiB of state per series
 //! (9.3 KiB without it), no allocation after construction, deterministic (no randomness,
 //! no wall clock).
 
@@ -432,6 +432,9 @@ struct Calib {
     /// Surprisal above which the exponential tail applies, and its mean excess.
     tail_u: f64,
     tail_beta: f64,
+    /// Every bin above this one is empty (derived, not saved): the tail scan starts here,
+    /// since adding an empty bin leaves the sum as it is.
+    top: usize,
 }
 
 impl Calib {
@@ -440,6 +443,7 @@ impl Calib {
             cal: Hist::new(),
             tail_u: f64::INFINITY,
             tail_beta: 1.0,
+            top: 0,
         }
     }
 
@@ -452,6 +456,7 @@ impl Calib {
         self.cal.load(r)?;
         self.tail_u = r.f64()?;
         self.tail_beta = r.f64()?;
+        self.top = self.cal.bins.iter().rposition(|&c| c != 0.0).unwrap_or(0);
         Some(())
     }
 
@@ -480,11 +485,15 @@ impl Calib {
             self.tail_beta += 0.05 * ((r - self.tail_u) - self.tail_beta);
             self.tail_beta = self.tail_beta.max(cfg.tail_beta_min);
         }
-        self.cal.add(cal_bin(r), cfg.calib_memory);
+        let b = cal_bin(r);
+        self.cal.add(b, cfg.calib_memory);
+        self.top = self.top.max(b);
         if n.is_multiple_of(CAL_REFRESH) {
             let need = cfg.tail_fraction * self.cal.total;
             let mut acc = 0.0;
-            let mut k = CB;
+            // From the top: the bins above `top` add nothing, and while `acc` is 0 the
+            // loop below passes them all (`acc < need` holds for any need > 0).
+            let mut k = if need > 0.0 { self.top + 1 } else { CB };
             while k > 0 && acc < need {
                 k -= 1;
                 acc += self.cal.bins[k];
