@@ -1,8 +1,10 @@
 //! Throughput and state size per anomaly detector (numbers in docs/BENCHMARKS.md).
 //!
-//!     cargo bench -p fieldline-agent --bench detect_bench [-- POINTS [NAME]]
+//!     cargo bench -p fieldline-agent --bench detect_bench [-- POINTS [NAME] [KEY=VALUE ...]]
 //!
-//! POINTS defaults to 10,000,000; NAME runs only the detectors whose name starts with it.
+//! POINTS defaults to 10,000,000; NAME runs only the detectors whose name starts with it;
+//! `KEY=VALUE` sets a numeric `GeneralConfig` field of the general detector (the novelty
+//! keys, e.g. `novelty_prototypes=256`, see `general_key` below).
 //! Single thread, so points/s is per core. On a shared machine wall-clock rate understates
 //! it, so the run's on-CPU time (Linux /proc/thread-self/schedstat) is reported as well. Input is a deterministic noisy daily sine with
 //! occasional spikes, 1-minute timestamps. For a load-independent figure, count instructions
@@ -12,7 +14,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use fieldline_agent::detect::{DetectorSpec, DEFAULT_ALERT_THRESHOLD};
+use fieldline_agent::detect::{DetectorSpec, GeneralConfig, DEFAULT_ALERT_THRESHOLD};
 
 #[path = "util/cpu.rs"]
 mod cpu;
@@ -26,7 +28,14 @@ fn main() {
         .unwrap_or(10_000_000);
     let only: Option<String> = std::env::args()
         .skip(1)
-        .find(|a| !a.starts_with('-') && a.parse::<usize>().is_err());
+        .find(|a| !a.starts_with('-') && !a.contains('=') && a.parse::<usize>().is_err());
+    let mut general = GeneralConfig::default();
+    for a in std::env::args().skip(1) {
+        if let Some((k, v)) = a.split_once('=') {
+            let v: f64 = v.parse().expect("KEY=VALUE: VALUE must be a number");
+            general_key(&mut general, k, v);
+        }
+    }
     // Pre-generate so the RNG is not timed (xorshift64*).
     let mut st: u64 = 0x2545_F491_4F6C_DD1D;
     let mut next = || {
@@ -43,7 +52,14 @@ fn main() {
         })
         .collect();
     let specs: Vec<(&str, DetectorSpec)> = vec![
-        ("general (default)", DetectorSpec::default_general()),
+        (
+            if general == GeneralConfig::default() {
+                "general (default)"
+            } else {
+                "general (KEY=VALUE)"
+            },
+            DetectorSpec::General(general),
+        ),
         (
             "threshold",
             DetectorSpec::Threshold {
@@ -130,5 +146,20 @@ fn main() {
             d.state_bytes(),
             black_box(alerts)
         );
+    }
+}
+
+/// Sets one `GeneralConfig` field from the command line (the fields worth benching).
+fn general_key(c: &mut GeneralConfig, k: &str, v: f64) {
+    let count = || v.round().max(0.0) as usize;
+    match k {
+        "novelty_prototypes" => c.novelty_prototypes = count(),
+        "novelty_radius" => c.novelty_radius = v,
+        "novelty_phase" => c.novelty_phase = v,
+        "novelty_scale" => c.novelty_scale = v,
+        "likelihood_short" => c.likelihood_short = v,
+        "season_slots" => c.season_slots = count(),
+        "distance_nats" => c.distance_nats = v,
+        _ => panic!("unknown key `{k}` (see general_key in detect_bench.rs)"),
     }
 }

@@ -19,7 +19,10 @@
 //! CAT1,CAT2` keeps the series whose path starts with one of the prefixes (the held-out
 //! check on halves of dev), `--threshold T` scores at a threshold carried over from the
 //! other half, and `--detail` prints each series' first detection per window (as a
-//! fraction of the window width) and its false-positive rows.
+//! fraction of the window width) and its false-positive rows. `--dump FILE` writes, per
+//! series, a hash of every score, rarity and firing test (bit patterns) for the first
+//! configuration, and the detector's state size at the end (in memory and as saved in a
+//! checkpoint): two builds that must agree bit for bit (a speed-up) give equal hashes.
 //!
 //! Tune only on the dev half: the held-out half means something only if nobody tuned on it.
 
@@ -68,6 +71,7 @@ fn main() -> Result<()> {
     let mut search = false;
     let mut only: Vec<String> = Vec::new();
     let mut fixed: Option<f64> = None;
+    let mut dump: Option<PathBuf> = None;
     let mut grid: Vec<(String, Vec<f64>)> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -77,6 +81,7 @@ fn main() -> Result<()> {
             "--detail" => detail = true,
             "--jitter" => jitter = true,
             "--search" => search = true,
+            "--dump" => dump = Some(args.next().context("--dump needs a file")?.into()),
             "--only" => {
                 only = args
                     .next()
@@ -123,6 +128,9 @@ fn main() -> Result<()> {
             label += &format!("{k}={v} ");
         }
         cfg.validate().map_err(anyhow::Error::msg)?;
+        if let Some(path) = dump.take() {
+            write_dump(&corpus, &cfg, &path)?;
+        }
         if detail {
             let s = evaluate(&corpus, &cfg);
             print_detail(&corpus, &cfg, s[0].threshold);
@@ -320,6 +328,37 @@ fn print_detail(corpus: &[Series], cfg: &GeneralConfig, threshold: f64) {
             fps.join(" ")
         );
     }
+}
+
+/// Per series: FNV-1a over the bit patterns of every score, last rarity and last view.
+fn write_dump(corpus: &[Series], cfg: &GeneralConfig, path: &Path) -> Result<()> {
+    let mut out = String::new();
+    for s in corpus {
+        let mut det = GeneralDetector::new(cfg.clone());
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |x: u64| {
+            for b in x.to_le_bytes() {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        for (&t, &v) in s.ts.iter().zip(&s.values) {
+            eat(det.update(t, v).to_bits());
+            eat(det.last_rarity().to_bits());
+            let (view, sustained) = det.last_view();
+            eat(view as u64 * 2 + u64::from(sustained));
+        }
+        let mut state = Vec::new();
+        det.save_state(&mut fieldline_agent::detect::StateWriter(&mut state));
+        out += &format!(
+            "{} {h:016x} state {} B in memory, {} B saved\n",
+            s.rel,
+            det.state_bytes(),
+            state.len()
+        );
+    }
+    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))?;
+    println!("dump: {} series -> {}", corpus.len(), path.display());
+    Ok(())
 }
 
 /// NAB's threshold optimisation: lower the threshold through every distinct score and keep

@@ -32,16 +32,19 @@
 //! view cannot mask a quiet one that changed. On the NAB dev set this stage is worth
 //! +4.7 points (72.4 -> 77.1, standard profile).
 //!
-//! Opt-in (`novelty_prototypes` > 0, off by default for its cost): a fifth, grid-free test,
-//! the distance of (level, time of day) to the nearest remembered such point
+//! A fifth, grid-free test (`novelty_prototypes`, 256 by default; 0 turns it off): the
+//! distance of (level, time of day) to the nearest remembered such point
 //! ([`super::novelty`]), calibrated the same way; +0.3 on NAB dev, +1.2 on the
 //! bin-edge-jittered score.
 //!
-//! The score is the max over the four point rarities and four likelihoods, mapped so that
-//! `alert_nats` scores exactly 0.5. A [`Suppressor`] then gives one alert per episode.
+//! The score is the max over the point rarities (four views and the novelty test) and the
+//! four likelihoods, mapped so that `alert_nats` scores exactly 0.5. A [`Suppressor`] then
+//! gives one alert per episode.
 //!
-//! Cost: O(1) per point, ~9 KiB of state per series, no allocation after construction,
-//! deterministic (no randomness, no wall clock).
+//! Cost: O(1) per point (~4,100 instructions, ~1.5 M points per CPU second; without the
+//! novelty test ~3,100 and ~1.7 M, docs/BENCHMARKS.md), ~16.5 KiB of state per series
+//! (9.3 KiB without it), no allocation after construction, deterministic (no randomness,
+//! no wall clock).
 
 use super::novelty::{self, Novelty};
 use super::{sanitize, Detector, StateReader, StateWriter, Suppressor, DEFAULT_ALERT_THRESHOLD};
@@ -122,9 +125,9 @@ pub struct GeneralConfig {
     /// Horizon (points) of the long-run mean and variance that short average is compared with.
     pub likelihood_long: f64,
     /// Remembered (level, time of day) points of the novelty test ([`super::novelty`]);
-    /// 0 (the default) disables the test. 128–256 is worth +0.2–0.3 NAB points (+1.1–1.2
-    /// on the bin-edge-jittered score) but halves the throughput as measured so far, see
-    /// docs/BENCHMARKS.md "NAB dev, third attempt".
+    /// 0 disables the test. The default 256 is worth +0.3 NAB points (+1.2 on the
+    /// bin-edge-jittered score) for ~1,000 more instructions per point and 7 KiB more
+    /// state, see docs/BENCHMARKS.md "NAB dev, third attempt" and "Throughput and state".
     pub novelty_prototypes: usize,
     /// Distance (asinh units of the level's running scale) within which a point matches a
     /// remembered one instead of becoming a new one.
@@ -158,7 +161,7 @@ impl Default for GeneralConfig {
             cooldown_points: 30,
             likelihood_short: 120.0,
             likelihood_long: 2000.0,
-            novelty_prototypes: 0,
+            novelty_prototypes: 256,
             novelty_radius: 0.6,
             novelty_phase: 5.0,
             novelty_scale: 3.0,
@@ -357,13 +360,12 @@ impl View {
     }
 
     fn bin(&self, f: f64, bpu: f64) -> usize {
-        let u = self.normalised(f) * bpu + (NB / 2) as f64;
-        u.clamp(0.0, (NB - 1) as f64) as usize
+        bin_of(self.normalised(f), bpu)
     }
 
-    /// Surprisal of `f` (nats) under the learned histogram, before calibration.
-    fn surprisal(&self, f: f64, cfg: &GeneralConfig) -> f64 {
-        let b = self.bin(f, cfg.bins_per_unit);
+    /// Surprisal (nats) of the value in bin `b` under the learned histogram, before
+    /// calibration.
+    fn surprisal(&self, b: usize, cfg: &GeneralConfig) -> f64 {
         let c = self.hist.count(b);
         let mut s = -((c + cfg.density_prior) / (self.hist.total() + cfg.density_prior)).ln();
         if cfg.distance_nats > 0.0 && c < 0.5 {
@@ -386,11 +388,13 @@ impl View {
         s
     }
 
-    /// Score `f` (returns calibrated rarity, or 0 while immature), then learn it.
-    fn observe(&mut self, f: f64, cfg: &GeneralConfig) -> f64 {
+    /// Score `f` (returns calibrated rarity, or 0 while immature), then learn it. `z` is
+    /// `self.normalised(f)` if the caller already has it.
+    fn observe(&mut self, f: f64, z: Option<f64>, cfg: &GeneralConfig) -> f64 {
         let mut rarity = 0.0;
         if self.n >= MIN_VIEW_POINTS {
-            let r = self.surprisal(f, cfg);
+            let z = z.unwrap_or_else(|| self.normalised(f));
+            let r = self.surprisal(bin_of(z, cfg.bins_per_unit), cfg);
             rarity = self.calib.rarity(r, cfg);
             self.calib.learn(r, self.n, cfg);
         }
@@ -428,6 +432,9 @@ struct Calib {
     /// Surprisal above which the exponential tail applies, and its mean excess.
     tail_u: f64,
     tail_beta: f64,
+    /// Every bin above this one is empty (derived, not saved): the tail scan starts here,
+    /// since adding an empty bin leaves the sum as it is.
+    top: usize,
 }
 
 impl Calib {
@@ -436,6 +443,7 @@ impl Calib {
             cal: Hist::new(),
             tail_u: f64::INFINITY,
             tail_beta: 1.0,
+            top: 0,
         }
     }
 
@@ -448,6 +456,7 @@ impl Calib {
         self.cal.load(r)?;
         self.tail_u = r.f64()?;
         self.tail_beta = r.f64()?;
+        self.top = self.cal.bins.iter().rposition(|&c| c != 0.0).unwrap_or(0);
         Some(())
     }
 
@@ -476,11 +485,15 @@ impl Calib {
             self.tail_beta += 0.05 * ((r - self.tail_u) - self.tail_beta);
             self.tail_beta = self.tail_beta.max(cfg.tail_beta_min);
         }
-        self.cal.add(cal_bin(r), cfg.calib_memory);
+        let b = cal_bin(r);
+        self.cal.add(b, cfg.calib_memory);
+        self.top = self.top.max(b);
         if n.is_multiple_of(CAL_REFRESH) {
             let need = cfg.tail_fraction * self.cal.total;
             let mut acc = 0.0;
-            let mut k = CB;
+            // From the top: the bins above `top` add nothing, and while `acc` is 0 the
+            // loop below passes them all (`acc < need` holds for any need > 0).
+            let mut k = if need > 0.0 { self.top + 1 } else { CB };
             while k > 0 && acc < need {
                 k -= 1;
                 acc += self.cal.bins[k];
@@ -518,6 +531,12 @@ fn gauss_tail_nats(z: f64) -> f64 {
             + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
     let ln_erfc = poly.ln() - x * x;
     -(ln_erfc - std::f64::consts::LN_2)
+}
+
+/// Value-histogram bin of normalised value `z`.
+fn bin_of(z: f64, bpu: f64) -> usize {
+    let u = z * bpu + (NB / 2) as f64;
+    u.clamp(0.0, (NB - 1) as f64) as usize
 }
 
 fn cal_bin(r: f64) -> usize {
@@ -621,7 +640,7 @@ pub struct GeneralDetector {
     short: f64,
     views: [View; NV],
     likelihood: [Likelihood; NV],
-    /// Boxed: when the test is off (the default) it costs a pointer, not its calibration.
+    /// Boxed: when the test is off it costs a pointer, not its calibration.
     novelty: Option<Box<NoveltyTest>>,
     season: Vec<f64>,
     season_n: Vec<u32>,
@@ -668,8 +687,9 @@ impl GeneralDetector {
         (self.last_view, self.last_sustained)
     }
 
-    /// Everything learned (the config is not state: it comes from the spec). About 2–4 KiB
-    /// for a typical series instead of the 9 KiB in memory: empty bins are skipped.
+    /// Everything learned (the config is not state: it comes from the spec). 7–16 KB on the
+    /// NAB dev series (mean 10.8 KB) instead of the 16.5 KiB in memory: empty bins and
+    /// unused prototypes are skipped (20 bytes per remembered prototype).
     fn save(&self, w: &mut StateWriter) {
         w.u64(self.n);
         w.f64(self.prev);
@@ -767,10 +787,14 @@ impl Detector for GeneralDetector {
 
         let views = [Some(x), Some(self.short), Some(step), residual];
         let (mut best, mut which, mut sustained) = (0.0f64, 0usize, false);
-        // Normalised by the level view as it was before this point, like the views' scores.
+        // Normalised by the level view as it was before this point, like the views' scores
+        // (the level view scores the same normalised value: computed once).
+        let mut level_z = None;
         if let Some(t) = self.novelty.as_mut() {
             if self.views[0].n >= MIN_VIEW_POINTS {
-                let r = t.observe(self.views[0].normalised(x), ts_ms, cfg);
+                let z = self.views[0].normalised(x);
+                level_z = Some(z);
+                let r = t.observe(z, ts_ms, cfg);
                 if r > best {
                     (best, which) = (r, NOVELTY);
                 }
@@ -778,7 +802,8 @@ impl Detector for GeneralDetector {
         }
         for (k, v) in views.iter().enumerate() {
             if let Some(v) = *v {
-                let r = self.views[k].observe(v, cfg);
+                let z = if k == 0 { level_z } else { None };
+                let r = self.views[k].observe(v, z, cfg);
                 if r > best {
                     (best, which, sustained) = (r, k, false);
                 }

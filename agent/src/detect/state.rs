@@ -10,6 +10,9 @@ impl StateWriter<'_> {
     pub fn f64(&mut self, v: f64) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
+    pub fn f32(&mut self, v: f32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
     pub fn u64(&mut self, v: u64) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
@@ -50,6 +53,9 @@ impl StateReader<'_> {
     }
     pub fn f64(&mut self) -> Option<f64> {
         self.take::<8>().map(f64::from_le_bytes)
+    }
+    pub fn f32(&mut self) -> Option<f32> {
+        self.take::<4>().map(f32::from_le_bytes)
     }
     pub fn u64(&mut self) -> Option<u64> {
         self.take::<8>().map(u64::from_le_bytes)
