@@ -5,7 +5,8 @@
 //!     cargo bench -p fieldline-agent --bench attach_bench [-- SERIES POINTS]
 //!
 //! SERIES (default 1,000) series × POINTS (default 1,000) readings each, round robin,
-//! one config with four simple detectors and one with the general detector. Single
+//! one config with four simple detectors, one with the general detector and one with
+//! the general detector without its novelty test. Single
 //! thread; plain `main`: the number that matters is sustained readings/s.
 
 use std::hint::black_box;
@@ -33,6 +34,14 @@ expected_interval = "1m"
 "#;
 
 const GENERAL: &str = "detectors = [\"general\"]";
+
+/// The general detector without its (level, time of day) novelty test: the lean
+/// option for gateways with many series (about half the state).
+const GENERAL_LEAN: &str = r#"
+[[pipeline.detector]]
+kind = "general"
+novelty_prototypes = 0
+"#;
 
 fn main() {
     let nums: Vec<usize> = std::env::args()
@@ -71,6 +80,7 @@ fn main() {
     for (name, detectors) in [
         ("4 simple (zscore w=120 ...)", SIMPLE),
         ("general", GENERAL),
+        ("general, novelty off", GENERAL_LEAN),
     ] {
         let text = format!(
             "[agent]\nid = \"b\"\n[[pipeline]]\nname = \"p\"\nwindow = {{ kind = \"tumbling\", size = \"1m\" }}\n{detectors}"

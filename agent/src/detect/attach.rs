@@ -78,6 +78,7 @@ pub fn spec_of(cfg: &DetectorConfig) -> DetectorSpec {
             memory,
             alert_nats,
             season_period_ms,
+            novelty_prototypes,
         } => {
             let d = GeneralConfig::default();
             // The general detector warms up and suppresses by itself (its NAB-tuned
@@ -88,6 +89,7 @@ pub fn spec_of(cfg: &DetectorConfig) -> DetectorSpec {
                 memory: memory.unwrap_or(d.memory),
                 alert_nats: alert_nats.unwrap_or(d.alert_nats),
                 season_period_ms: season_period_ms.unwrap_or(d.season_period_ms),
+                novelty_prototypes: novelty_prototypes.unwrap_or(d.novelty_prototypes),
                 alert_threshold: cfg.alert_score,
                 ..d
             });

@@ -20,7 +20,8 @@ use super::{StateReader, StateWriter};
 const DIMS: usize = 3;
 
 /// Largest number of remembered points.
-pub const MAX_PROTOTYPES: usize = 4096;
+pub const MAX_PROTOTYPES: usize =
+    fieldline_common::config::detector::MAX_NOVELTY_PROTOTYPES as usize;
 
 /// Prototypes are scanned this many at a time (a multiple of every SIMD width in use).
 const LANES: usize = 8;

@@ -29,6 +29,9 @@ pub const MAD_MAX_WINDOW: usize = 1024;
 pub const ZSCORE_MAX_WINDOW: usize = 1_000_000;
 
 /// Default alert topic; `{device}`, `{metric}`, `{pipeline}` and `{detector}` are filled in.
+/// Largest `novelty_prototypes` of the general detector (the agent's
+/// `detect::novelty::MAX_PROTOTYPES`).
+pub const MAX_NOVELTY_PROTOTYPES: u64 = 4096;
 pub const DEFAULT_ALERT_TOPIC: &str = "alerts/{device}/{metric}";
 
 /// One validated detector attachment.
@@ -99,6 +102,9 @@ pub enum DetectorKind {
         memory: Option<f64>,
         alert_nats: Option<f64>,
         season_period_ms: Option<i64>,
+        /// Size of the (level, time of day) novelty memory; 0 turns the test off
+        /// (about half the state per series, less NAB accuracy).
+        novelty_prototypes: Option<usize>,
     },
 }
 
@@ -138,7 +144,12 @@ fn params_of(kind: &str) -> &'static [&'static str] {
         "rate_of_change" => &["max_per_sec"],
         "flat_line" => &["min_points", "min_duration", "tolerance"],
         "missing_data" => &["expected_interval", "factor"],
-        "general" => &["memory", "alert_nats", "season_period"],
+        "general" => &[
+            "memory",
+            "alert_nats",
+            "season_period",
+            "novelty_prototypes",
+        ],
         _ => &[],
     }
 }
@@ -431,10 +442,15 @@ fn one(
             if season_period_ms == Some(0) {
                 t.problem("season_period", "must be at least 1ms".into());
             }
+            let novelty_prototypes = t
+                .get("novelty_prototypes")
+                .is_some()
+                .then(|| t.int_in("novelty_prototypes", 0, 0, MAX_NOVELTY_PROTOTYPES) as usize);
             DetectorKind::General {
                 memory,
                 alert_nats,
                 season_period_ms,
+                novelty_prototypes,
             }
         }
     };
@@ -603,7 +619,8 @@ suppress = "off"
             DetectorKind::General {
                 memory: None,
                 alert_nats: None,
-                season_period_ms: None
+                season_period_ms: None,
+                novelty_prototypes: None
             }
         );
         assert_eq!(
@@ -660,6 +677,26 @@ suppress = "off"
         );
         let cfg = load("alert_topic = \"\"").unwrap();
         assert_eq!(cfg.pipelines[0].alert_topic, None);
+    }
+
+    #[test]
+    fn the_general_novelty_memory_can_be_sized_or_turned_off() {
+        let cfg =
+            load("[[pipeline.detector]]\nkind = \"general\"\nnovelty_prototypes = 0").unwrap();
+        assert!(matches!(
+            cfg.pipelines[0].detectors[0].kind,
+            DetectorKind::General {
+                novelty_prototypes: Some(0),
+                ..
+            }
+        ));
+        let err = load("[[pipeline.detector]]\nkind = \"general\"\nnovelty_prototypes = 5000")
+            .unwrap_err();
+        assert!(
+            err.iter()
+                .any(|e| e.contains("novelty_prototypes") && e.contains("0..=4096")),
+            "{err:?}"
+        );
     }
 
     #[test]
