@@ -121,9 +121,9 @@ struct KeyState {
     device: Option<u32>,
     /// Sorted by start; open windows and closed ones kept for late data.
     windows: Vec<Win>,
-    /// Time windows with quantiles: one sketch per pane (`gcd(size, slide)`), sorted
-    /// by start; a window's quantiles merge the panes it covers, so a reading
-    /// updates one sketch however many windows overlap.
+    /// Time windows: one accumulator (and, with quantiles, one sketch) per pane
+    /// (`gcd(size, slide)`), sorted by start; a window's aggregates merge the panes
+    /// it covers, so a reading updates one pane however many windows overlap.
     #[serde(default)]
     panes: Vec<Pane>,
     /// Logical time of the last reading, for `evict_oldest`.
@@ -257,7 +257,7 @@ pub struct Job {
     live_keys: usize,
     /// No key has a window due before this (derived; `i64::MIN` forces a pass).
     min_deadline: i64,
-    /// Pane length of time windows with quantiles: `gcd(size, slide)`.
+    /// Pane length of time windows: `gcd(size, slide)`.
     pane_ms: i64,
     /// Per device clock (by id): its keys and their earliest deadline (derived from
     /// the slab, rebuilt on restore). Per-device keys close on their device's
