@@ -90,8 +90,9 @@ pub(crate) struct Win {
     /// Time windows: a reading in one of its panes was too late for this window
     /// (though not for a newer one that shares the pane), so before that reading
     /// entered the pane the window took its aggregates from its panes into `acc`
-    /// and reads only that from then on. It takes no reading after that: the
-    /// watermark only rises.
+    /// and reads only that from then on; a reading it takes later (its allowed
+    /// lateness grew across a restore) goes into `acc` too. Windows of a job with
+    /// `per_window` accumulators are frozen from the start.
     #[serde(default)]
     frozen: bool,
 }
@@ -259,6 +260,11 @@ pub struct Job {
     min_deadline: i64,
     /// Pane length of time windows: `gcd(size, slide)`.
     pane_ms: i64,
+    /// Time windows of more than [`MAX_PANES_PER_WINDOW`] panes (a slide that shares
+    /// only a tiny divisor with the size, 1000 ms / 999 ms say) keep their own
+    /// accumulator and sketch instead: one pane per millisecond would cost far more
+    /// than the updates it saves. Such windows are created `frozen`.
+    per_window: bool,
     /// Per device clock (by id): its keys and their earliest deadline (derived from
     /// the slab, rebuilt on restore). Per-device keys close on their device's
     /// watermark, so a close pass visits the devices whose watermark passed that
@@ -272,6 +278,9 @@ pub struct Job {
     stats: JobStats,
     scratch: Vec<Reading>,
 }
+
+/// Most panes a time window is made of; beyond, windows keep their own accumulators.
+const MAX_PANES_PER_WINDOW: i64 = 64;
 
 /// Capacity of the close-pass result list kept between passes (~600 KB at most).
 const MAX_KEPT_RESULTS: usize = 4096;
@@ -333,6 +342,12 @@ impl Job {
                 WindowSpec::Tumbling { size_ms } => size_ms,
                 WindowSpec::Sliding { size_ms, slide_ms } => gcd(size_ms, slide_ms),
                 WindowSpec::Session { .. } | WindowSpec::Count { .. } => 0,
+            },
+            per_window: match window {
+                WindowSpec::Sliding { size_ms, slide_ms } => {
+                    size_ms / gcd(size_ms, slide_ms).max(1) > MAX_PANES_PER_WINDOW
+                }
+                _ => false,
             },
             device_keys: Vec::new(),
             merged: Merged::default(),
@@ -720,6 +735,7 @@ impl Job {
         let immediate = self.late.policy == LatePolicy::AllowedLateness;
         let accepts = |end: i64| !(end <= wm && !(keeps_late && end.saturating_add(lateness) > wm));
         let merged = &mut self.merged;
+        let per_window = self.per_window;
         match self.window {
             WindowSpec::Tumbling { size_ms } | WindowSpec::Sliding { size_ms, .. } => {
                 let slide_ms = match self.window {
@@ -748,7 +764,7 @@ impl Job {
                     // were created with the pane's first reading, and the watermark is
                     // below the earliest end among them, so none has closed. The
                     // reading touches its pane only.
-                    Ok(i) if earliest_start.saturating_add(size_ms) > wm => {
+                    Ok(i) if !per_window && earliest_start.saturating_add(size_ms) > wm => {
                         add_to_pane(aggs, &mut k.panes[i], r);
                     }
                     _ if !accepts(latest_start.saturating_add(size_ms)) => {
@@ -758,9 +774,10 @@ impl Job {
                     _ => {
                         // First, windows this reading is too late for freeze their
                         // aggregates, so that it does not reach them through the pane.
-                        // (The close pass after each watermark update retires such
-                        // windows, so this finds none today; it keeps results right
-                        // should a window ever outlive its deadline.)
+                        // The close pass after each watermark update retires such
+                        // windows, except after a restore into a job with less allowed
+                        // lateness (the late policy is not part of the fingerprint),
+                        // where they wait for the next pass.
                         sliding::assign_from(latest_start, r.ts_ms, size_ms, slide_ms, |s, e| {
                             if accepts(e) {
                                 return;
@@ -772,24 +789,29 @@ impl Job {
                                 }
                             }
                         });
-                        let i = pane.unwrap_or_else(|i| {
-                            // Sized like its neighbour: one allocation per pane instead
-                            // of one per bucket range it grows into.
-                            let sketch = match k.panes.get(i.wrapping_sub(1)).or(k.panes.get(i)) {
-                                Some(p) if aggs.has_sketch() => p.sketch.empty_like(),
-                                _ => Sketch::new(),
-                            };
-                            k.panes.insert(
-                                i,
-                                Pane {
-                                    start: pane_start,
-                                    sketch,
-                                    acc: Acc::empty(),
-                                },
-                            );
-                            i
+                        let i = (!per_window).then(|| {
+                            pane.unwrap_or_else(|i| {
+                                // Sized like its neighbour: one allocation per pane instead
+                                // of one per bucket range it grows into.
+                                let sketch = match k.panes.get(i.wrapping_sub(1)).or(k.panes.get(i))
+                                {
+                                    Some(p) if aggs.has_sketch() => p.sketch.empty_like(),
+                                    _ => Sketch::new(),
+                                };
+                                k.panes.insert(
+                                    i,
+                                    Pane {
+                                        start: pane_start,
+                                        sketch,
+                                        acc: Acc::empty(),
+                                    },
+                                );
+                                i
+                            })
                         });
-                        add_to_pane(aggs, &mut k.panes[i], r);
+                        if let Some(i) = i {
+                            add_to_pane(aggs, &mut k.panes[i], r);
+                        }
                         // Then the windows that take it: new ones open, emitted ones
                         // within their allowed lateness are revised.
                         sliding::assign_from(latest_start, r.ts_ms, size_ms, slide_ms, |s, e| {
@@ -799,6 +821,10 @@ impl Job {
                             match k.windows.binary_search_by_key(&s, |w| w.start) {
                                 Ok(i) => {
                                     let w = &mut k.windows[i];
+                                    // A frozen window reads only its own accumulator.
+                                    if w.frozen {
+                                        aggs.add(w.own_acc(aggs), r.ts_ms, r.value);
+                                    }
                                     let Some(rev) = w.emitted else { return };
                                     if immediate {
                                         w.emitted = Some(rev + 1);
@@ -817,7 +843,17 @@ impl Job {
                                     }
                                 }
                                 Err(i) => {
-                                    k.windows.insert(i, Win::new(s, e, None));
+                                    let w = if per_window {
+                                        let mut acc = aggs.new_acc();
+                                        aggs.add(&mut acc, r.ts_ms, r.value);
+                                        Win {
+                                            frozen: true,
+                                            ..Win::new(s, e, Some(Box::new(acc)))
+                                        }
+                                    } else {
+                                        Win::new(s, e, None)
+                                    };
+                                    k.windows.insert(i, w);
                                     k.deadline = k.deadline.min(e);
                                 }
                             }
@@ -1092,7 +1128,10 @@ impl Job {
             KeySelector::By(k) => format!("{k:?}"),
             KeySelector::Custom(_) => "custom".into(),
         };
-        format!("{:?}|{key}|{:?}", self.window, self.aggs)
+        // Windows with their own accumulators hold no panes: a checkpoint of the other
+        // layout does not fit.
+        let layout = if self.per_window { "|per-window" } else { "" };
+        format!("{:?}|{key}|{:?}{layout}", self.window, self.aggs)
     }
 }
 

@@ -111,7 +111,7 @@ proptest! {
     fn time_windows_match_reference_model(
         readings in arb_readings(),
         seed in any::<u64>(),
-        (size, slide) in prop_oneof![Just((1000i64, 1000i64)), Just((1000, 250)), Just((700, 300))],
+        (size, slide) in prop_oneof![Just((1000i64, 1000i64)), Just((1000, 250)), Just((700, 300)), Just((1000, 999))],
     ) {
         let bound = 500;
         let window = if size == slide {
@@ -275,7 +275,7 @@ proptest! {
     #[test]
     fn late_data_in_sliding_windows_matches_per_window_model(
         readings in arb_readings(), seed in any::<u64>(), which in 0u8..4, batch in 1usize..30,
-        (size, slide) in prop_oneof![Just((1000i64, 250i64)), Just((700, 300)), Just((1000, 1000))],
+        (size, slide) in prop_oneof![Just((1000i64, 250i64)), Just((700, 300)), Just((1000, 1000)), Just((1000, 999))],
     ) {
         let bound = 100;
         let arrival = perturb(&readings, 3000, seed);
@@ -348,6 +348,81 @@ proptest! {
         prop_assert_eq!(counted, missed);
         prop_assert_eq!(lates, j.stats().late_side_output);
     }
+}
+
+/// A window frozen by a reading too late for it keeps taking readings when a restore
+/// gives it more allowed lateness (the late policy is not part of the checkpoint's
+/// fingerprint).
+#[test]
+fn a_frozen_window_takes_readings_after_a_restore_with_more_lateness() {
+    let window = WindowSpec::Sliding {
+        size_ms: 1000,
+        slide_ms: 500,
+    };
+    let make = |policy: LateConfig| {
+        DataStream::new()
+            .key_by(KeyBy::Series)
+            .window(window)
+            .watermark(wm(0, i64::MAX / 4))
+            .late(policy)
+            .aggregate(&Aggregate::all())
+    };
+    let mut out = Vec::new();
+    let mut a = make(late(LatePolicy::AllowedLateness, 2000));
+    a.process(&reading("a", 600, 1.0), 0, &mut out);
+    a.process(&reading("a", 1600, 1.0), 0, &mut out);
+    a.advance(0, &mut out); // emits [0,1000) and [500,1500), keeps them
+    let mut b = make(late(LatePolicy::Drop, 0));
+    b.restore_state(a.snapshot_state().clone());
+    b.process(&reading("a", 1100, 1.0), 0, &mut out); // too late for [500,1500) only
+    assert_eq!(b.stats().late_dropped, 1);
+    let mut c = make(late(LatePolicy::AllowedLateness, 5000));
+    c.restore_state(b.snapshot_state().clone());
+    out.clear();
+    c.process(&reading("a", 1200, 100.0), 0, &mut out);
+    let revised: Vec<_> = windows(&out)
+        .into_iter()
+        .filter(|w| w.start_ms == 500)
+        .collect();
+    assert_eq!(revised.len(), 1, "{out:?}");
+    let w = &revised[0];
+    assert_eq!((w.revision, w.count, w.sum, w.max), (1, 2, 101.0, 100.0));
+    assert!((w.aggregates["p99"] - 100.0).abs() <= 1.0, "{w:?}");
+}
+
+/// A slide sharing only a tiny divisor with the size (1 ms here) would need a pane per
+/// millisecond; such windows keep their own accumulators, and the state stays small.
+#[test]
+fn windows_of_tiny_panes_keep_their_own_accumulators() {
+    let window = WindowSpec::Sliding {
+        size_ms: 1000,
+        slide_ms: 999,
+    };
+    let mut j = DataStream::new()
+        .key_by(KeyBy::Series)
+        .window(window)
+        .watermark(wm(0, i64::MAX / 4))
+        .aggregate(&[Aggregate::Mean]);
+    let mut out = Vec::new();
+    let mut peak = 0;
+    for ts in 0..5000 {
+        j.process(&reading("a", ts, 1.0), 0, &mut out);
+        if ts % 100 == 0 {
+            j.advance(0, &mut out);
+        }
+        peak = peak.max(j.state_bytes());
+    }
+    j.flush(&mut out);
+    assert!(peak < 20_000, "peak state {peak} bytes");
+    let mut model = Model::new();
+    for ts in 0..5000 {
+        sliding::assign(ts, 1000, 999, |s, e| {
+            let m = model.entry(("a".to_string(), s, e)).or_default();
+            m.0 += 1;
+            m.1 += 1.0;
+        });
+    }
+    assert_eq!(model_of(&windows(&out)), model);
 }
 
 #[test]
