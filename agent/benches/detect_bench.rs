@@ -3,8 +3,8 @@
 //!     cargo bench -p fieldline-agent --bench detect_bench [-- POINTS [NAME] [KEY=VALUE ...]]
 //!
 //! POINTS defaults to 10,000,000; NAME runs only the detectors whose name starts with it;
-//! `KEY=VALUE` sets a numeric `GeneralConfig` field of the general detector (the novelty
-//! keys, e.g. `novelty_prototypes=256`, see `general_key` below).
+//! `KEY=VALUE` sets a numeric field of the general detector (any `GeneralConfig::set`
+//! key, e.g. `novelty_prototypes=0`).
 //! Single thread, so points/s is per core. On a shared machine wall-clock rate understates
 //! it, so the run's on-CPU time (Linux /proc/thread-self/schedstat) is reported as well. Input is a deterministic noisy daily sine with
 //! occasional spikes, 1-minute timestamps. For a load-independent figure, count instructions
@@ -33,7 +33,7 @@ fn main() {
     for a in std::env::args().skip(1) {
         if let Some((k, v)) = a.split_once('=') {
             let v: f64 = v.parse().expect("KEY=VALUE: VALUE must be a number");
-            general_key(&mut general, k, v);
+            general.set(k, v).unwrap_or_else(|e| panic!("{e}"));
         }
     }
     // Pre-generate so the RNG is not timed (xorshift64*).
@@ -146,20 +146,5 @@ fn main() {
             d.state_bytes(),
             black_box(alerts)
         );
-    }
-}
-
-/// Sets one `GeneralConfig` field from the command line (the fields worth benching).
-fn general_key(c: &mut GeneralConfig, k: &str, v: f64) {
-    let count = || v.round().max(0.0) as usize;
-    match k {
-        "novelty_prototypes" => c.novelty_prototypes = count(),
-        "novelty_radius" => c.novelty_radius = v,
-        "novelty_phase" => c.novelty_phase = v,
-        "novelty_scale" => c.novelty_scale = v,
-        "likelihood_short" => c.likelihood_short = v,
-        "season_slots" => c.season_slots = count(),
-        "distance_nats" => c.distance_nats = v,
-        _ => panic!("unknown key `{k}` (see general_key in detect_bench.rs)"),
     }
 }

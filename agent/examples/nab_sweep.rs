@@ -105,7 +105,9 @@ fn main() -> Result<()> {
                             .with_context(|| format!("{k}: bad value `{v}`"))
                     })
                     .collect::<Result<Vec<_>>>()?;
-                set(&mut GeneralConfig::default(), k, vs[0])?;
+                GeneralConfig::default()
+                    .set(k, vs[0])
+                    .map_err(anyhow::Error::msg)?;
                 grid.push((k.to_string(), vs));
             }
         }
@@ -124,7 +126,7 @@ fn main() -> Result<()> {
         for (k, vs) in &grid {
             let v = vs[rest % vs.len()];
             rest /= vs.len();
-            set(&mut cfg, k, v)?;
+            cfg.set(k, v).map_err(anyhow::Error::msg)?;
             label += &format!("{k}={v} ");
         }
         cfg.validate().map_err(anyhow::Error::msg)?;
@@ -190,18 +192,18 @@ fn coordinate_search(corpus: &[Series], mut cfg: GeneralConfig) -> Result<()> {
             if k == "bins_per_unit" {
                 continue;
             }
-            let v = get(&cfg, k);
+            let v = cfg.get(k).unwrap_or(f64::NAN);
             for f in [0.7, 0.85, 1.18, 1.4] {
                 let mut c = cfg.clone();
-                set(&mut c, k, v * f)?;
-                if c.validate().is_err() || get(&c, k) == v {
+                c.set(k, v * f).map_err(anyhow::Error::msg)?;
+                if c.validate().is_err() || c.get(k).unwrap_or(f64::NAN) == v {
                     continue;
                 }
                 let (m, w) = jittered(corpus, &c);
                 if m > best + 0.2 {
                     println!(
                         "pass {pass}: {k} {v} -> {}: jittered mean {m:.2} (worst {w:.2})",
-                        get(&c, k)
+                        c.get(k).unwrap_or(f64::NAN)
                     );
                     best = m;
                     cfg = c;
@@ -228,11 +230,11 @@ fn robustness(corpus: &[Series], cfg: &GeneralConfig, label: &str) -> Result<()>
     println!("{label}standard {base:.2}; each parameter at -20% / +20%:");
     let (mut sum, mut n, mut worst) = (0.0, 0, f64::INFINITY);
     for &k in PARAMS {
-        let v = get(cfg, k);
+        let v = cfg.get(k).unwrap_or(f64::NAN);
         let mut row = format!("  {k:<18} {v:>8}:");
         for f in [0.8, 1.2] {
             let mut c = cfg.clone();
-            set(&mut c, k, v * f)?;
+            c.set(k, v * f).map_err(anyhow::Error::msg)?;
             let s = match c.validate() {
                 Ok(()) => evaluate(corpus, &c)[0].score,
                 Err(_) => f64::NAN,
@@ -532,60 +534,3 @@ const PARAMS: &[&str] = &[
     "novelty_phase",
     "novelty_scale",
 ];
-
-fn get(c: &GeneralConfig, k: &str) -> f64 {
-    match k {
-        "warmup" => c.warmup as f64,
-        "memory" => c.memory,
-        "scale_memory" => c.scale_memory,
-        "bins_per_unit" => c.bins_per_unit,
-        "density_prior" => c.density_prior,
-        "distance_nats" => c.distance_nats,
-        "short_alpha" => c.short_alpha,
-        "season_slots" => c.season_slots as f64,
-        "season_alpha" => c.season_alpha,
-        "calib_memory" => c.calib_memory,
-        "calib_prior" => c.calib_prior,
-        "tail_fraction" => c.tail_fraction,
-        "tail_beta_min" => c.tail_beta_min,
-        "alert_nats" => c.alert_nats,
-        "cooldown_points" => c.cooldown_points as f64,
-        "likelihood_short" => c.likelihood_short,
-        "likelihood_long" => c.likelihood_long,
-        "novelty_prototypes" => c.novelty_prototypes as f64,
-        "novelty_radius" => c.novelty_radius,
-        "novelty_phase" => c.novelty_phase,
-        "novelty_scale" => c.novelty_scale,
-        _ => f64::NAN,
-    }
-}
-
-fn set(c: &mut GeneralConfig, k: &str, v: f64) -> Result<()> {
-    let count = || v.round().max(0.0) as usize;
-    match k {
-        "warmup" => c.warmup = count(),
-        "memory" => c.memory = v,
-        "scale_memory" => c.scale_memory = v,
-        "bins_per_unit" => c.bins_per_unit = v,
-        "density_prior" => c.density_prior = v,
-        "distance_nats" => c.distance_nats = v,
-        "short_alpha" => c.short_alpha = v,
-        "season_slots" => c.season_slots = count(),
-        "season_alpha" => c.season_alpha = v,
-        "calib_memory" => c.calib_memory = v,
-        "calib_prior" => c.calib_prior = v,
-        "tail_fraction" => c.tail_fraction = v,
-        "tail_beta_min" => c.tail_beta_min = v,
-        "alert_nats" => c.alert_nats = v,
-        "alert_threshold" => c.alert_threshold = v,
-        "cooldown_points" => c.cooldown_points = count(),
-        "likelihood_short" => c.likelihood_short = v,
-        "likelihood_long" => c.likelihood_long = v,
-        "novelty_prototypes" => c.novelty_prototypes = count(),
-        "novelty_radius" => c.novelty_radius = v,
-        "novelty_phase" => c.novelty_phase = v,
-        "novelty_scale" => c.novelty_scale = v,
-        _ => bail!("unknown parameter `{k}` (see GeneralConfig)"),
-    }
-    Ok(())
-}

@@ -73,10 +73,8 @@ pub struct Pipeline {
     alert_topics: Vec<Option<String>>,
     max_future_ms: i64,
     counters: Arc<Counters>,
-    /// Totals already added to `counters`.
-    reported: JobStats,
-    /// (anomalies, detector series rejected) already added to `counters`.
-    reported_detectors: (u64, u64),
+    /// [`Pipeline::totals`] already added to `counters`.
+    reported: [u64; 4],
     /// Readings of the message [`Pipeline::handle`] is processing: one buffer for
     /// every message instead of a vector each.
     decoded: Vec<Reading>,
@@ -117,8 +115,7 @@ impl Pipeline {
             alert_topics: pipelines.iter().map(|p| p.alert_topic.clone()).collect(),
             max_future_ms: ms(window.max_future),
             counters,
-            reported: JobStats::default(),
-            reported_detectors: (0, 0),
+            reported: [0; 4],
             decoded: Vec::new(),
         }
     }
@@ -213,34 +210,36 @@ impl Pipeline {
         });
     }
 
-    /// Publishes what changed in the shared counters. Called per reading, so it reads
-    /// only the four totals it publishes and skips the atomic adds (shared cache
-    /// lines) when nothing changed, which is nearly always.
-    fn report(&mut self) {
+    /// Late readings dropped, windows emitted, anomalies and detector series rejected,
+    /// over every job: what [`Pipeline::report`] publishes.
+    fn totals(&self) -> [u64; 4] {
         let (late, emitted) = self.jobs.iter().fold((0, 0), |(l, e), j| {
-            let s = j.stats_ref();
+            let s = j.stats();
             (l + s.late_dropped, e + s.windows_emitted)
         });
         let (anomalies, rejected) = self.detector_totals();
-        let c = &self.counters;
-        let was = (
-            self.reported.late_dropped,
-            self.reported.windows_emitted,
-            self.reported_detectors,
-        );
-        if (late, emitted, (anomalies, rejected)) == was {
+        [late, emitted, anomalies, rejected]
+    }
+
+    /// Publishes what changed in the shared counters. Called per reading, so it skips
+    /// the atomic adds (shared cache lines) when nothing changed, which is nearly
+    /// always.
+    fn report(&mut self) {
+        let now = self.totals();
+        if now == self.reported {
             return;
         }
-        c.add(&c.late_dropped, late.saturating_sub(was.0));
-        c.add(&c.windows_emitted, emitted.saturating_sub(was.1));
-        c.add(&c.anomalies, anomalies.saturating_sub(was.2 .0));
-        c.add(
+        let c = &self.counters;
+        let targets = [
+            &c.late_dropped,
+            &c.windows_emitted,
+            &c.anomalies,
             &c.detector_series_rejected,
-            rejected.saturating_sub(was.2 .1),
-        );
-        self.reported.late_dropped = late;
-        self.reported.windows_emitted = emitted;
-        self.reported_detectors = (anomalies, rejected);
+        ];
+        for ((counter, n), was) in targets.into_iter().zip(now).zip(self.reported) {
+            c.add(counter, n.saturating_sub(was));
+        }
+        self.reported = now;
     }
 
     /// (anomalies, series rejected) over every pipeline's detectors.
@@ -323,7 +322,8 @@ impl Pipeline {
         }
         self.detectors = restored;
         // Counters are per process: what the restored state already counted is not new.
-        self.reported_detectors = self.detector_totals();
+        let (anomalies, rejected) = self.detector_totals();
+        self.reported[2..].copy_from_slice(&[anomalies, rejected]);
         for (name, fingerprint, state) in snap.jobs {
             match self.jobs.iter_mut().find(|j| j.name() == name) {
                 Some(job) if job.fingerprint() == fingerprint => job.restore_state(state),

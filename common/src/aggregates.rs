@@ -45,26 +45,15 @@ impl Aggregates {
         }
     }
 
-    /// Appends when `name` sorts after every name held (the engine's case: it walks
-    /// its aggregates in name order), otherwise inserts in place.
+    /// Appends `name`, which must sort after every name held (the engine walks a spec
+    /// sorted and deduplicated once): no name comparison, which on the engine's
+    /// per-result path (~9 names a window result) cost more than the push. Checked in
+    /// debug builds; a caller that breaks it gets lookups that may miss, never
+    /// unsafety. [`Aggregates::insert`] takes names in any order.
     pub fn push(&mut self, name: &Arc<str>, value: f64) {
-        match self.0.last() {
-            Some((last, _)) if **last >= **name => {
-                self.insert(name.clone(), value);
-            }
-            _ => self.0.push((name.clone(), value)),
-        }
-    }
-
-    /// Appends without comparing names: the engine's per-result path (~9 names per
-    /// window result), where a string comparison per push cost more than the push.
-    /// The caller's names must ascend strictly (the engine walks a spec sorted and
-    /// deduplicated once); checked in debug builds, and a caller that breaks it gets
-    /// lookups that may miss, never unsafety.
-    pub fn push_in_order(&mut self, name: &Arc<str>, value: f64) {
         debug_assert!(
             self.0.last().is_none_or(|(last, _)| **last < **name),
-            "push_in_order: {name:?} does not sort after the names held"
+            "push: {name:?} does not sort after the names held"
         );
         self.0.push((name.clone(), value));
     }
@@ -181,16 +170,29 @@ mod tests {
             prop_assert_eq!(ours.get("NOT-A-KEY"), None);
         }
 
-        /// `push` in any order gives the sorted, unique result `insert` gives.
+        /// `push` of ascending names gives the sorted, unique result `insert` gives in
+        /// any order.
         #[test]
         fn push_keeps_names_sorted(names in proptest::collection::vec("[a-c]{1,2}", 0..10)) {
+            let mut ascending = names.clone();
+            ascending.sort();
+            ascending.dedup();
             let mut pushed = Aggregates::default();
-            for (i, n) in names.iter().enumerate() {
-                pushed.push(&Arc::from(n.as_str()), i as f64);
+            for n in &ascending {
+                pushed.push(&Arc::from(n.as_str()), n.len() as f64);
             }
-            let inserted: Aggregates = names.iter().enumerate().map(|(i, n)| (n.as_str(), i as f64)).collect();
+            let inserted: Aggregates = names.iter().rev().map(|n| (n.as_str(), n.len() as f64)).collect();
             prop_assert_eq!(pushed, inserted);
         }
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "does not sort after")]
+    fn push_out_of_order_is_caught_in_debug_builds() {
+        let mut a = Aggregates::default();
+        a.push(&Arc::from("p99"), 1.0);
+        a.push(&Arc::from("p50"), 2.0);
     }
 
     #[test]

@@ -141,3 +141,38 @@ sinks = ["mqtt:alerts/#"]
     }
     assert!(!stdout.contains("pipeline[0]"), "{stdout}");
 }
+
+/// The general detector's novelty memory is sized (or turned off) from the config the
+/// binary reads; an out-of-range size is a clear config error, not a run.
+#[test]
+fn replay_takes_the_general_detectors_novelty_size_and_rejects_a_bad_one() {
+    let golden = golden_dir().join("detectors");
+    let base = std::fs::read_to_string(golden.join("config.toml")).expect("read config");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run = |prototypes: u32| {
+        let cfg = tmp.path().join(format!("novelty-{prototypes}.toml"));
+        let text = format!(
+            "{base}\n[[pipeline.detector]]\nkind = \"general\"\nnovelty_prototypes = {prototypes}\n"
+        );
+        std::fs::write(&cfg, text).expect("write config");
+        replay(&cfg, &golden.join("input.jsonl"))
+    };
+    let expected = std::fs::read_to_string(golden.join("expected.jsonl")).expect("expected");
+    let windows = |out: &str| {
+        out.lines()
+            .filter(|l| l.contains(r#""kind":"window""#))
+            .count()
+    };
+    for prototypes in [0, 256] {
+        let (code, stdout, stderr) = run(prototypes);
+        assert_eq!(code, 0, "novelty_prototypes = {prototypes}: {stderr}");
+        // The general detector adds no window and takes none away.
+        assert_eq!(windows(&stdout), windows(&expected), "{stdout}");
+    }
+    let (code, stdout, stderr) = run(5000);
+    assert_ne!(code, 0, "{stdout}");
+    assert!(
+        stderr.contains("novelty_prototypes") && stderr.contains("0..=4096"),
+        "{stderr}"
+    );
+}

@@ -169,7 +169,41 @@ impl Default for GeneralConfig {
     }
 }
 
+/// `GeneralConfig::get` / `set` by field name, from one list of the tunable fields
+/// (the keys of `nab_sweep` and `detect_bench`).
+macro_rules! tunable_fields {
+    (floats: $($f:ident),+; counts: $($n:ident),+) => {
+        /// A tunable field by name.
+        pub fn get(&self, k: &str) -> Option<f64> {
+            match k {
+                $(stringify!($f) => Some(self.$f),)+
+                $(stringify!($n) => Some(self.$n as f64),)+
+                _ => None,
+            }
+        }
+
+        /// Sets a tunable field by name; counts are rounded. Not validated: call
+        /// [`GeneralConfig::validate`] after the last one.
+        pub fn set(&mut self, k: &str, v: f64) -> Result<(), String> {
+            match k {
+                $(stringify!($f) => self.$f = v,)+
+                $(stringify!($n) => self.$n = v.round().max(0.0) as usize,)+
+                _ => return Err(format!("unknown parameter `{k}` (see GeneralConfig)")),
+            }
+            Ok(())
+        }
+    };
+}
+
 impl GeneralConfig {
+    tunable_fields! {
+        floats: memory, scale_memory, bins_per_unit, density_prior, distance_nats,
+            short_alpha, season_alpha, calib_memory, calib_prior, tail_fraction,
+            tail_beta_min, alert_nats, alert_threshold, likelihood_short, likelihood_long,
+            novelty_radius, novelty_phase, novelty_scale;
+        counts: warmup, season_slots, cooldown_points, novelty_prototypes
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         let horizon = |name: &str, v: f64| {
             if v.is_finite() && v >= 2.0 {

@@ -276,13 +276,8 @@ mod tests {
 
     #[test]
     fn the_packed_scan_agrees_with_the_plain_one_bit_for_bit() {
-        let mut st: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut next = || {
-            st ^= st >> 12;
-            st ^= st << 25;
-            st ^= st >> 27;
-            (st.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut rng = crate::detect::testutil::Rng::new(0x9E37_79B9_7F4A_7C15);
+        let mut next = || rng.uniform();
         for (cap, radius) in [
             (1, 0.5),
             (7, 0.5),

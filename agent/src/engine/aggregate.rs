@@ -212,7 +212,7 @@ impl AggSpec {
             // Undefined values (rate of a single reading) are left out rather than NaN.
             if let Some(v) = v.filter(|v| v.is_finite()) {
                 // `extra` is sorted and deduplicated (`new`).
-                aggregates.push_in_order(name, v);
+                aggregates.push(name, v);
             }
         }
         if let Some(r) = acc.reduced {

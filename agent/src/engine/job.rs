@@ -407,10 +407,6 @@ impl Job {
         self.stats
     }
 
-    pub(crate) fn stats_ref(&self) -> &JobStats {
-        &self.stats
-    }
-
     /// The watermark a reading from `device` is judged by now.
     #[cfg(test)]
     pub(crate) fn watermark_of(&self, device: &str) -> i64 {
