@@ -189,15 +189,14 @@ fn window_acc<'a>(
         ([one], None) => (&one.acc, sketch.then_some(&one.sketch)),
         (many, own) => {
             scratch.acc = aggs.new_acc_without_sketch();
-            scratch.sketch.clear();
             if let Some(own) = own {
                 aggs.merge(&mut scratch.acc, own);
             }
             for p in many {
                 aggs.merge(&mut scratch.acc, &p.acc);
-                if sketch {
-                    scratch.sketch.merge(&p.sketch);
-                }
+            }
+            if sketch {
+                scratch.sketch.assign_merged(many.iter().map(|p| &p.sketch));
             }
             (&scratch.acc, sketch.then_some(&scratch.sketch))
         }
