@@ -39,7 +39,7 @@ fn window(i: u64) -> RecordBody {
         min: 20.0,
         max: 23.0,
         revision: 0,
-        pipeline: String::new(),
+        pipeline: Default::default(),
         aggregates: Default::default(),
         unit: String::new(),
     })

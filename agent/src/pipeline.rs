@@ -78,6 +78,11 @@ pub struct Pipeline {
     /// Readings of the message [`Pipeline::handle`] is processing: one buffer for
     /// every message instead of a vector each.
     decoded: Vec<Reading>,
+    /// Every job's key hasher: a reading's series is hashed once for all the jobs
+    /// that key by it.
+    hasher: ahash::RandomState,
+    /// Whether any job keys by series ([`Job::keys_by_series`]).
+    hash_series: bool,
 }
 
 fn ms(d: Duration) -> i64 {
@@ -106,9 +111,16 @@ impl Pipeline {
         pipelines: &[PipelineConfig],
         counters: Arc<Counters>,
     ) -> Self {
+        let hasher = ahash::RandomState::new();
+        let jobs: Vec<Job> = pipelines
+            .iter()
+            .map(|p| Job::from_config(p).with_hasher(hasher.clone()))
+            .collect();
         Self {
             template,
-            jobs: pipelines.iter().map(Job::from_config).collect(),
+            hash_series: jobs.iter().any(Job::keys_by_series),
+            hasher,
+            jobs,
             detectors: pipelines.iter().map(Attached::new).collect(),
             configs: pipelines.to_vec(),
             sinks: pipelines.iter().map(|p| p.sinks.clone()).collect(),
@@ -175,9 +187,9 @@ impl Pipeline {
         }
         records.retain(|body| {
             let name = match body {
-                RecordBody::Window(w) => &w.pipeline,
-                RecordBody::Late(l) => &l.pipeline,
-                RecordBody::Anomaly(a) => &a.pipeline,
+                RecordBody::Window(w) => w.pipeline.as_str(),
+                RecordBody::Late(l) => l.pipeline.as_str(),
+                RecordBody::Anomaly(a) => a.pipeline.as_str(),
                 RecordBody::DeadLetter(_) | RecordBody::Reading(_) => return true,
             };
             let Some(i) = self.jobs.iter().position(|j| j.name() == name) else {
@@ -387,8 +399,12 @@ impl Pipeline {
     /// Feeds one decoded reading to every pipeline; `arrival_ms` is the agent clock
     /// when it arrived.
     pub fn process(&mut self, reading: &Reading, arrival_ms: i64, out: &mut Vec<RecordBody>) {
+        let hash = self
+            .hash_series
+            .then(|| self.hasher.hash_one(&reading.series));
         for (job, det) in self.jobs.iter_mut().zip(&mut self.detectors) {
-            job.process(reading, arrival_ms, out);
+            let hash = hash.filter(|_| job.keys_by_series());
+            job.process_hashed(reading, arrival_ms, hash, out);
             det.process(reading, out);
         }
         self.report();

@@ -141,7 +141,7 @@ mod tests {
                     created_ms: 1,
                     body: RecordBody::Window(WindowResult {
                         series: SeriesKey::new("d", "m"),
-                        start_ms: 0, end_ms: 1000, count: 1, sum: 1.0, mean: 1.0, min: 1.0, max: 1.0, revision: 0, pipeline: String::new(), aggregates: Default::default(), unit: String::new(),
+                        start_ms: 0, end_ms: 1000, count: 1, sum: 1.0, mean: 1.0, min: 1.0, max: 1.0, revision: 0, pipeline: Default::default(), aggregates: Default::default(), unit: String::new(),
                     }),
                 }],
             };

@@ -11,10 +11,48 @@ pub use crate::aggregates::Aggregates;
 pub const PROTOCOL_VERSION: u16 = 1;
 
 /// Identifies one time series: the device that sent it and the metric it measures.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SeriesKey {
     pub device: Name,
     pub metric: Name,
+}
+
+/// By device, then metric, as strings: what a derived `Ord` gives, without a
+/// `memcmp` call per name when the first eight bytes decide (they nearly always do;
+/// a close pass sorts thousands of results by key).
+impl Ord for SeriesKey {
+    #[inline]
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        cmp_name(&self.device, &other.device).then_with(|| cmp_name(&self.metric, &other.metric))
+    }
+}
+
+impl PartialOrd for SeriesKey {
+    #[inline]
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// `a.cmp(b)` for strings, deciding on the first eight bytes (zero-padded, big-endian)
+/// where it can: a shorter string that is a prefix of the other sorts first either way.
+#[inline]
+fn cmp_name(a: &str, b: &str) -> std::cmp::Ordering {
+    fn head(s: &[u8]) -> u64 {
+        match s.first_chunk::<8>() {
+            Some(h) => u64::from_be_bytes(*h),
+            None => s
+                .iter()
+                .enumerate()
+                .fold(0, |h, (i, &c)| h | u64::from(c) << (56 - 8 * i)),
+        }
+    }
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    match head(a).cmp(&head(b)) {
+        std::cmp::Ordering::Equal if a.len() <= 8 && b.len() <= 8 => a.len().cmp(&b.len()),
+        std::cmp::Ordering::Equal => a[8.min(a.len())..].cmp(&b[8.min(b.len())..]),
+        decided => decided,
+    }
 }
 
 /// A device or metric name: a string stored inline up to 24 bytes (sensor names
@@ -50,9 +88,10 @@ pub struct WindowResult {
     pub max: f64,
     /// 0 for the first emission; consumers upsert by (series, start_ms, revision).
     pub revision: u32,
-    /// The pipeline that produced it (empty for the built-in default pipeline).
+    /// The pipeline that produced it (empty for the built-in default pipeline). Inline
+    /// up to 24 bytes: one heap allocation less for every result.
     #[serde(default)]
-    pub pipeline: String,
+    pub pipeline: Name,
     /// Further aggregates by name, e.g. `stddev`, `p99`, `rate`.
     #[serde(default)]
     pub aggregates: Aggregates,
@@ -284,4 +323,30 @@ pub struct DesiredConfig {
 pub struct ConfigPollReply {
     pub v: u16,
     pub desired: Option<DesiredConfig>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn name() -> impl Strategy<Value = String> {
+        // Short and long, shared prefixes, NULs and non-ASCII: where the first eight
+        // bytes tie and where the length decides.
+        prop_oneof![
+            "[a-c\\x00]{0,10}",
+            "dev[0-9]{0,3}/?[a-b\\x00]{0,12}",
+            "\\PC{0,12}",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn series_order_is_the_order_of_its_strings(a in name(), b in name(), c in name(), d in name()) {
+            let (x, y) = (SeriesKey::new(a.as_str(), b.as_str()), SeriesKey::new(c.as_str(), d.as_str()));
+            prop_assert_eq!(x.cmp(&y), (a.as_str(), b.as_str()).cmp(&(c.as_str(), d.as_str())));
+            prop_assert_eq!(x.cmp(&x.clone()), std::cmp::Ordering::Equal);
+            prop_assert_eq!(cmp_name(&a, &c), a.cmp(&c));
+        }
+    }
 }

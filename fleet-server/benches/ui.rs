@@ -43,7 +43,7 @@ fn batch(first_seq: u64, n: u64) -> Vec<Record> {
                     min: 20.0,
                     max: 23.0,
                     revision: 0,
-                    pipeline: String::new(),
+                    pipeline: Default::default(),
                     aggregates: Default::default(),
                     unit: String::new(),
                 }),

@@ -142,7 +142,7 @@ fn window(seq: u64, count: u64) -> Record {
             min: 1.0,
             max: 1.0,
             revision: 0,
-            pipeline: String::new(),
+            pipeline: Default::default(),
             aggregates: Default::default(),
             unit: String::new(),
         }),

@@ -33,7 +33,7 @@ fn window(seq: u64) -> Record {
             min: seq as f64,
             max: seq as f64,
             revision: 0,
-            pipeline: String::new(),
+            pipeline: Default::default(),
             aggregates: Default::default(),
             unit: String::new(),
         }),

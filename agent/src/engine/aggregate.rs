@@ -228,7 +228,7 @@ impl AggSpec {
             min: acc.min,
             max: acc.max,
             revision,
-            pipeline: pipeline.to_string(),
+            pipeline: pipeline.into(),
             aggregates,
             unit: self.unit.clone(),
         }

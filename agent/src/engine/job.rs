@@ -115,7 +115,10 @@ impl Win {
     }
 }
 
+// Aligned to cache lines: a reading touches a key's state and its newest pane, and
+// an unaligned 120- or 192-byte slot straddles one line more than it needs to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[repr(align(64))]
 struct KeyState {
     key: SeriesKey,
     /// Device clock this key closes on (per-device keys only).
@@ -147,6 +150,7 @@ impl KeyState {
 /// One `gcd(size, slide)` slice of a key's time windows: every reading in it, in one
 /// accumulator and (with quantiles) one sketch. A window covers whole panes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[repr(align(64))]
 pub(crate) struct Pane {
     start: i64,
     /// Empty unless the pipeline asks for quantiles.
@@ -271,9 +275,12 @@ pub struct Job {
     device_keys: Vec<DeviceKeys>,
     /// Windows of several panes merge them into this, reused between windows.
     merged: Merged,
-    /// Results of a close pass, sorted before they go out; kept between passes so a
-    /// pass that closes thousands of windows does not allocate (and free) its list.
-    closed: Vec<WindowResult>,
+    /// Results of a close pass, put in order before they go out; kept between passes
+    /// so a pass that closes thousands of windows does not allocate (and free) its
+    /// list. Each is taken out once, in `order`.
+    closed: Vec<Option<WindowResult>>,
+    /// `closed`'s indexes, sorted: sorting 200-byte results moved each several times.
+    order: Vec<u32>,
     stats: JobStats,
     scratch: Vec<Reading>,
 }
@@ -351,6 +358,7 @@ impl Job {
             device_keys: Vec::new(),
             merged: Merged::default(),
             closed: Vec::new(),
+            order: Vec::new(),
             stats: JobStats::default(),
             scratch: Vec::new(),
         }
@@ -390,6 +398,21 @@ impl Job {
             .unit(&cfg.unit)
             .aggregate(&cfg.aggregates)
             .named(&cfg.name)
+    }
+
+    /// Hashes keys with `hasher`: jobs side by side sharing one let the caller hash a
+    /// reading's series once for all of them ([`Job::process_hashed`]).
+    pub(crate) fn with_hasher(mut self, hasher: ahash::RandomState) -> Self {
+        debug_assert!(self.key_index.is_empty(), "before any key is indexed");
+        self.hasher = hasher;
+        self
+    }
+
+    /// Whether this job keys readings by their own series, unchanged (filters only):
+    /// then the key's hash is the hash of `reading.series`.
+    pub(crate) fn keys_by_series(&self) -> bool {
+        matches!(self.key, KeySelector::By(KeyBy::Series))
+            && self.steps.iter().all(|s| matches!(s, Step::Filter(_)))
     }
 
     /// Names the job; the name is copied into every record it emits.
@@ -463,7 +486,8 @@ impl Job {
                 .map(|d| d.keys.capacity() * 4)
                 .sum::<usize>()
             + self.device_keys.capacity() * std::mem::size_of::<DeviceKeys>()
-            + self.closed.capacity() * std::mem::size_of::<WindowResult>()
+            + self.closed.capacity() * std::mem::size_of::<Option<WindowResult>>()
+            + self.order.capacity() * std::mem::size_of::<u32>()
     }
 
     /// Windows held over all keys (open, and closed ones kept for late data).
@@ -478,6 +502,18 @@ impl Job {
 
     /// Feeds one reading; `arrival_ms` is the agent clock when it arrived.
     pub fn process(&mut self, reading: &Reading, arrival_ms: i64, out: &mut Vec<RecordBody>) {
+        self.process_hashed(reading, arrival_ms, None, out)
+    }
+
+    /// [`Job::process`] with `series_hash`, when given, the job's hasher's hash of
+    /// `reading.series` (only used when [`Job::keys_by_series`]).
+    pub(crate) fn process_hashed(
+        &mut self,
+        reading: &Reading,
+        arrival_ms: i64,
+        series_hash: Option<u64>,
+        out: &mut Vec<RecordBody>,
+    ) {
         self.stats.readings += 1;
         if self.steps.iter().all(|s| matches!(s, Step::Filter(_))) {
             for s in &self.steps {
@@ -488,7 +524,7 @@ impl Job {
                     }
                 }
             }
-            return self.ingest(reading, arrival_ms, out);
+            return self.ingest(reading, arrival_ms, series_hash, out);
         }
         let mut batch = std::mem::take(&mut self.scratch);
         batch.clear();
@@ -519,7 +555,7 @@ impl Job {
         }
         for r in &batch {
             if r.value.is_finite() {
-                self.ingest(r, arrival_ms, out);
+                self.ingest(r, arrival_ms, None, out);
             } else {
                 self.stats.filtered += 1;
             }
@@ -557,10 +593,18 @@ impl Job {
     }
 
     /// The key slot for `r`, creating it (subject to the series cap).
-    fn slot(&mut self, r: &Reading, out: &mut Vec<RecordBody>) -> Option<u32> {
+    fn slot(
+        &mut self,
+        r: &Reading,
+        series_hash: Option<u64>,
+        out: &mut Vec<RecordBody>,
+    ) -> Option<u32> {
         let owned = self.key_of(r);
         let key = owned.as_ref().unwrap_or(&r.series);
-        let hash = self.hasher.hash_one(key);
+        let hash = match (&owned, series_hash) {
+            (None, Some(h)) => h,
+            _ => self.hasher.hash_one(key),
+        };
         let keys = &self.state.keys;
         let found = self.key_index.find(hash, |&id| {
             keys[id as usize].as_ref().is_some_and(|k| k.key == *key)
@@ -701,8 +745,14 @@ impl Job {
         }
     }
 
-    fn ingest(&mut self, r: &Reading, arrival_ms: i64, out: &mut Vec<RecordBody>) {
-        let Some(id) = self.slot(r, out) else {
+    fn ingest(
+        &mut self,
+        r: &Reading,
+        arrival_ms: i64,
+        series_hash: Option<u64>,
+        out: &mut Vec<RecordBody>,
+    ) {
+        let Some(id) = self.slot(r, series_hash, out) else {
             return;
         };
         self.state.tick += 1;
@@ -1064,16 +1114,27 @@ impl Job {
             self.remove_key(id);
         }
 
+        let mut order = std::mem::take(&mut self.order);
+        order.clear();
+        order.extend(0..results.len() as u32);
+        let sort_key = |i: &u32| {
+            let r = results[*i as usize].as_ref().expect("taken below, once");
+            (r.end_ms, r.start_ms, &r.series, r.revision)
+        };
         // Unique per result (a window is emitted once per revision): unstable is stable.
-        results.sort_unstable_by(|a, b| {
-            (a.end_ms, a.start_ms, &a.series, a.revision)
-                .cmp(&(b.end_ms, b.start_ms, &b.series, b.revision))
-        });
+        order.sort_unstable_by(|a, b| sort_key(a).cmp(&sort_key(b)));
         self.stats.windows_emitted += results.len() as u64;
-        out.extend(results.drain(..).map(RecordBody::Window));
-        // A flush closes everything at once: that list is not worth keeping.
+        out.reserve(order.len());
+        for &i in &order {
+            if let Some(r) = results[i as usize].take() {
+                out.push(RecordBody::Window(r));
+            }
+        }
+        results.clear();
+        // A flush closes everything at once: those lists are not worth keeping.
         if results.capacity() <= MAX_KEPT_RESULTS {
             self.closed = results;
+            self.order = order;
         }
     }
 
@@ -1136,7 +1197,7 @@ struct Closer<'a> {
     name: &'a str,
     lateness: i64,
     merged: &'a mut Merged,
-    results: Vec<WindowResult>,
+    results: Vec<Option<WindowResult>>,
 }
 
 impl Closer<'_> {
@@ -1149,8 +1210,8 @@ impl Closer<'_> {
         k.windows.retain_mut(|w| {
             if w.emitted.is_none() && w.end <= wm {
                 let (acc, sk) = window_acc(self.aggs, w, panes, self.merged);
-                self.results
-                    .push(self.aggs.finish(acc, sk, self.name, key, w.start, w.end, 0));
+                let r = self.aggs.finish(acc, sk, self.name, key, w.start, w.end, 0);
+                self.results.push(Some(r));
                 w.emitted = Some(0);
                 w.dirty = false;
             }
@@ -1158,10 +1219,10 @@ impl Closer<'_> {
                 if w.dirty {
                     let rev = w.emitted.map_or(0, |r| r + 1);
                     let (acc, sk) = window_acc(self.aggs, w, panes, self.merged);
-                    self.results.push(
-                        self.aggs
-                            .finish(acc, sk, self.name, key, w.start, w.end, rev),
-                    );
+                    let r = self
+                        .aggs
+                        .finish(acc, sk, self.name, key, w.start, w.end, rev);
+                    self.results.push(Some(r));
                 }
                 return false;
             }

@@ -366,7 +366,7 @@ pub fn entry(record: &Record) -> Entry {
                     ("min", num(w.min)),
                     ("max", num(w.max)),
                     ("revision", w.revision.to_string().into_bytes()),
-                    ("pipeline", w.pipeline.clone().into_bytes()),
+                    ("pipeline", w.pipeline.as_bytes().to_vec()),
                 ]);
                 if !w.unit.is_empty() {
                     // Only when known, so entries of unit-less pipelines stay as before.

@@ -312,7 +312,7 @@ mod tests {
                 min: mean,
                 max: mean,
                 revision: 0,
-                pipeline: String::new(),
+                pipeline: Default::default(),
                 aggregates: Default::default(),
                 unit: String::new(),
             }),
