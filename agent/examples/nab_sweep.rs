@@ -67,7 +67,6 @@ fn main() -> Result<()> {
     let mut data: Option<PathBuf> = None;
     let mut pm20 = false;
     let mut detail = false;
-    let mut alerts = false;
     let mut jitter = false;
     let mut search = false;
     let mut only: Vec<String> = Vec::new();
@@ -80,7 +79,6 @@ fn main() -> Result<()> {
             "--data" => data = Some(args.next().context("--data needs a directory")?.into()),
             "--pm20" => pm20 = true,
             "--detail" => detail = true,
-            "--alerts" => alerts = true,
             "--jitter" => jitter = true,
             "--search" => search = true,
             "--dump" => dump = Some(args.next().context("--dump needs a file")?.into()),
@@ -134,9 +132,6 @@ fn main() -> Result<()> {
         cfg.validate().map_err(anyhow::Error::msg)?;
         if let Some(path) = dump.take() {
             write_dump(&corpus, &cfg, &path)?;
-        }
-        if alerts {
-            print_alerts(&corpus, &cfg);
         }
         if detail {
             let s = evaluate(&corpus, &cfg);
@@ -334,62 +329,6 @@ fn print_detail(corpus: &[Series], cfg: &GeneralConfig, threshold: f64) {
             fps.len(),
             fps.join(" ")
         );
-    }
-}
-
-/// One line per alert row (score >= 0.5) after probation: series, row, TP (window and
-/// position) or FP, score, every test's rarity, and the episode's length in rows.
-fn print_alerts(corpus: &[Series], cfg: &GeneralConfig) {
-    for s in corpus {
-        let mut det = GeneralDetector::new(cfg.clone());
-        let mut tests = Vec::with_capacity(s.values.len());
-        let scores: Vec<f64> =
-            s.ts.iter()
-                .zip(&s.values)
-                .map(|(&t, &v)| {
-                    let score = det.update(t, v);
-                    tests.push(det.last_tests().to_vec());
-                    score
-                })
-                .collect();
-        let n = scores.len();
-        let probation = ((0.15 * n as f64).floor() as usize).min(750);
-        for (w, &(a, b)) in s.windows.iter().enumerate() {
-            let mut mx = vec![(0.0f64, 0usize); tests[a].len()];
-            for (i, t) in tests.iter().enumerate().take(b + 1).skip(a) {
-                for (m, &x) in mx.iter_mut().zip(t) {
-                    if x > m.0 {
-                        *m = (x, i - a);
-                    }
-                }
-            }
-            let mx: Vec<String> = mx.iter().map(|(x, i)| format!("{x:5.1}@{i}")).collect();
-            println!("W {:<50} {w} [{a}..{b}] [{}]", s.rel, mx.join(" "));
-        }
-        for i in probation..n {
-            if scores[i] < 0.5 {
-                continue;
-            }
-            let w = s.windows.iter().position(|&(a, b)| (a..=b).contains(&i));
-            let tag = match w {
-                Some(w) => {
-                    let (a, b) = s.windows[w];
-                    format!("TP{w}@{:.2}", (i - a) as f64 / (b - a + 1) as f64)
-                }
-                None => "FP".to_string(),
-            };
-            let mut ep = 0;
-            while i + 1 + ep < n && scores[i + 1 + ep] > 0.49 && scores[i + 1 + ep] < 0.5 {
-                ep += 1;
-            }
-            let t: Vec<String> = tests[i].iter().map(|x| format!("{x:5.1}")).collect();
-            println!(
-                "A {:<50} {i:>6} {n:>6} {tag:<10} {:.4} ep {ep:>4} [{}]",
-                s.rel,
-                scores[i],
-                t.join(" ")
-            );
-        }
     }
 }
 
@@ -594,4 +533,5 @@ const PARAMS: &[&str] = &[
     "novelty_radius",
     "novelty_phase",
     "novelty_scale",
+    "residual_support",
 ];

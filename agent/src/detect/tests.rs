@@ -482,6 +482,13 @@ fn spec_validation_names_the_problem() {
             "likelihood_short",
         ),
         (
+            DetectorSpec::General(GeneralConfig {
+                residual_support: -1.0,
+                ..GeneralConfig::default()
+            }),
+            "residual_support",
+        ),
+        (
             DetectorSpec::WarmUp {
                 points: 3,
                 inner: Box::new(DetectorSpec::Ewma {
