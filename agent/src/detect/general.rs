@@ -152,6 +152,10 @@ pub struct GeneralConfig {
     /// for 12 first detections; the default 5 is worth +0.74 there (+1.04 jittered), see
     /// docs/BENCHMARKS.md "NAB dev, fourth attempt".
     pub residual_support: f64,
+    /// Experimental.
+    pub smoothed_support: f64,
+    pub support_prev: f64,
+    pub support_mask: usize,
 }
 
 impl Default for GeneralConfig {
@@ -181,6 +185,9 @@ impl Default for GeneralConfig {
             novelty_phase: 5.0,
             novelty_scale: 3.0,
             residual_support: 5.0,
+            smoothed_support: 0.0,
+            support_prev: 0.0,
+            support_mask: 0,
         }
     }
 }
@@ -216,8 +223,9 @@ impl GeneralConfig {
         floats: memory, scale_memory, bins_per_unit, density_prior, distance_nats,
             short_alpha, season_alpha, calib_memory, calib_prior, tail_fraction,
             tail_beta_min, alert_nats, alert_threshold, likelihood_short, likelihood_long,
-            novelty_radius, novelty_phase, novelty_scale, residual_support;
-        counts: warmup, season_slots, cooldown_points, novelty_prototypes
+            novelty_radius, novelty_phase, novelty_scale, residual_support,
+            smoothed_support, support_prev;
+        counts: warmup, season_slots, cooldown_points, novelty_prototypes, support_mask
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -707,6 +715,7 @@ pub struct GeneralDetector {
     last_sustained: bool,
     last_score: f64,
     last_nonfinite: bool,
+    prev_support: f64,
 }
 
 impl GeneralDetector {
@@ -728,6 +737,7 @@ impl GeneralDetector {
             last_sustained: false,
             last_score: 0.0,
             last_nonfinite: false,
+            prev_support: 0.0,
             cfg,
         }
     }
@@ -845,6 +855,8 @@ impl Detector for GeneralDetector {
         let (mut best, mut which, mut sustained) = (0.0f64, 0usize, false);
         // The largest point rarity so far (not the likelihoods): the residual's support.
         let mut point_best = 0.0f64;
+        let mut pts = [0.0f64; NV];
+        let mut nov_r = 0.0f64;
         // Normalised by the level view as it was before this point, like the views' scores
         // (the level view scores the same normalised value: computed once).
         let mut level_z = None;
@@ -853,7 +865,10 @@ impl Detector for GeneralDetector {
                 let z = self.views[0].normalised(x);
                 level_z = Some(z);
                 let r = t.observe(z, ts_ms, cfg);
-                point_best = r;
+                nov_r = r;
+                if cfg.support_mask == 0 || cfg.support_mask & 16 != 0 {
+                    point_best = r;
+                }
                 if r > best {
                     (best, which) = (r, NOVELTY);
                 }
@@ -865,11 +880,16 @@ impl Detector for GeneralDetector {
                 let r = self.views[k].observe(v, z, cfg);
                 // A residual that no other point test corroborates is mostly the noise of
                 // the daily profile: it feeds its likelihood below but does not compete.
-                let competes = k != RESIDUAL || point_best >= cfg.residual_support;
+                pts[k] = r;
+                let support = point_best.max(cfg.support_prev * self.prev_support);
+                let competes = (k != RESIDUAL || support >= cfg.residual_support)
+                    && (k != 1 || cfg.smoothed_support == 0.0);
                 if competes && r > best {
                     (best, which, sustained) = (r, k, false);
                 }
-                point_best = point_best.max(r);
+                if cfg.support_mask == 0 || cfg.support_mask >> k & 1 != 0 {
+                    point_best = point_best.max(r);
+                }
                 // A shift in behaviour often shows as many moderately rare points rather
                 // than one very rare one; the likelihood test catches that, per view, so a
                 // view that is always noisy cannot mask a quiet one that changed.
@@ -881,6 +901,16 @@ impl Detector for GeneralDetector {
                 }
             }
         }
+        if cfg.smoothed_support > 0.0 {
+            let other = pts[0]
+                .max(pts[2])
+                .max(if cfg.support_prev < 0.0 { 0.0 } else { nov_r })
+                .max(if cfg.support_mask == 99 { pts[3] } else { 0.0 });
+            if other >= cfg.smoothed_support && pts[1] > best {
+                (best, which, sustained) = (pts[1], 1, false);
+            }
+        }
+        self.prev_support = point_best;
         if self.season_n[slot] == 0 {
             self.season[slot] = x;
         } else {
