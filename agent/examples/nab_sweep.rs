@@ -534,4 +534,5 @@ const PARAMS: &[&str] = &[
     "novelty_phase",
     "novelty_scale",
     "residual_support",
+    "smoothed_support",
 ];

@@ -35,14 +35,17 @@
 //! A fifth, grid-free test (`novelty_prototypes`, 256 by default; 0 turns it off): the
 //! distance of (level, time of day) to the nearest remembered such point
 //! ([`super::novelty`]), calibrated the same way; +1.8 on NAB dev, +1.5 on the
-//! bin-edge-jittered score (with `residual_support` below; +0.3 / +1.2 without).
+//! bin-edge-jittered score (it is also a support of the derived views below; +0.3 / +1.2
+//! before they needed support).
 //!
 //! The score is the max over the point rarities (four views and the novelty test) and the
 //! four likelihoods, mapped so that `alert_nats` scores exactly 0.5. A [`Suppressor`] then
-//! gives one alert per episode. The time-of-day residual's point rarity takes part only
-//! when another point test is at least `residual_support` nats rare at the same point:
-//! alone it is mostly the noise of the daily profile (on NAB dev it fired 31 of the 86
-//! false-positive rows; requiring support: 78.1 instead of 77.4, jittered 73.5 instead
+//! gives one alert per episode. The two derived views need corroboration: the time-of-day
+//! residual's point rarity takes part only when a primary point test (level, step,
+//! novelty) is at least `residual_support` nats rare at the same point, the smoothed
+//! level's only when one is at least `smoothed_support`; alone they are mostly the noise
+//! of the daily profile and of the average (on NAB dev the residual alone fired 31 of the
+//! 86 false-positive rows; with both rules 78.4 instead of 77.4, jittered 73.7 instead
 //! of 72.4).
 //!
 //! Cost: O(1) per point (~4,100 instructions, ~1.5 M points per CPU second; without the
@@ -73,8 +76,11 @@ const WINSOR: f64 = 10.0;
 /// Number of views.
 const NV: usize = 4;
 
-/// Index of the time-of-day residual view (the last one, so the other point tests have
-/// been scored when it is: see `residual_support`).
+/// Indices of the derived views, whose point rarities need a primary test's support
+/// (`smoothed_support`, `residual_support`); the level, the step and the novelty test
+/// are the primary ones.
+const SMOOTHED: usize = 1;
+const STEP: usize = 2;
 const RESIDUAL: usize = 3;
 
 /// Index of the (level, time of day) novelty test in [`VIEW_NAMES`] and `last_view`.
@@ -134,7 +140,7 @@ pub struct GeneralConfig {
     pub likelihood_long: f64,
     /// Remembered (level, time of day) points of the novelty test ([`super::novelty`]);
     /// 0 disables the test. The default 256 is worth +1.8 NAB points (+1.5 on the
-    /// bin-edge-jittered score; +0.3 / +1.2 with `residual_support` 0) for ~1,000 more instructions per point and 7 KiB more
+    /// bin-edge-jittered score; +0.3 / +1.2 with both `*_support` 0) for ~1,000 more instructions per point and 7 KiB more
     /// state, see docs/BENCHMARKS.md "NAB dev, third attempt" and "Throughput and state".
     pub novelty_prototypes: usize,
     /// Distance (asinh units of the level's running scale) within which a point matches a
@@ -145,17 +151,15 @@ pub struct GeneralConfig {
     pub novelty_phase: f64,
     /// Surprisal (nats) per unit of distance to the nearest remembered point.
     pub novelty_scale: f64,
-    /// The time-of-day residual's point rarity competes only when another point test
-    /// (level, smoothed level, step, novelty) is at least this rare (nats) at the same
-    /// point; 0 lets it compete alone. Its likelihood test is unaffected. On its own the
-    /// residual of a noisy daily profile fired 31 of the 86 false-positive rows on NAB dev
-    /// for 12 first detections; the default 5 is worth +0.74 there (+1.04 jittered), see
-    /// docs/BENCHMARKS.md "NAB dev, fourth attempt".
+    /// The time-of-day residual's point rarity competes only when a primary point test
+    /// (level, step or novelty) is at least this rare (nats) at the same point; 0 lets it
+    /// compete alone. Its likelihood test is unaffected. On its own the residual of a noisy
+    /// daily profile fired 31 of the 86 false-positive rows on NAB dev for 12 first
+    /// detections; see docs/BENCHMARKS.md "NAB dev, fourth attempt".
     pub residual_support: f64,
-    /// Experimental.
+    /// The same for the smoothed level's point rarity: a smoothed level that is rare while
+    /// no primary test is even this rare (nats) is left to its likelihood test.
     pub smoothed_support: f64,
-    pub support_prev: f64,
-    pub support_mask: usize,
 }
 
 impl Default for GeneralConfig {
@@ -185,9 +189,7 @@ impl Default for GeneralConfig {
             novelty_phase: 5.0,
             novelty_scale: 3.0,
             residual_support: 5.0,
-            smoothed_support: 0.0,
-            support_prev: 0.0,
-            support_mask: 0,
+            smoothed_support: 2.0,
         }
     }
 }
@@ -224,8 +226,8 @@ impl GeneralConfig {
             short_alpha, season_alpha, calib_memory, calib_prior, tail_fraction,
             tail_beta_min, alert_nats, alert_threshold, likelihood_short, likelihood_long,
             novelty_radius, novelty_phase, novelty_scale, residual_support,
-            smoothed_support, support_prev;
-        counts: warmup, season_slots, cooldown_points, novelty_prototypes, support_mask
+            smoothed_support;
+        counts: warmup, season_slots, cooldown_points, novelty_prototypes
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -286,11 +288,13 @@ impl GeneralConfig {
                 self.distance_nats
             ));
         }
-        if !(self.residual_support.is_finite() && self.residual_support >= 0.0) {
-            return Err(format!(
-                "general: residual_support must be >= 0, got {}",
-                self.residual_support
-            ));
+        for (name, v) in [
+            ("residual_support", self.residual_support),
+            ("smoothed_support", self.smoothed_support),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(format!("general: {name} must be >= 0, got {v}"));
+            }
         }
         if self.novelty_prototypes > novelty::MAX_PROTOTYPES {
             return Err(format!(
@@ -715,7 +719,6 @@ pub struct GeneralDetector {
     last_sustained: bool,
     last_score: f64,
     last_nonfinite: bool,
-    prev_support: f64,
 }
 
 impl GeneralDetector {
@@ -737,7 +740,6 @@ impl GeneralDetector {
             last_sustained: false,
             last_score: 0.0,
             last_nonfinite: false,
-            prev_support: 0.0,
             cfg,
         }
     }
@@ -853,64 +855,53 @@ impl Detector for GeneralDetector {
 
         let views = [Some(x), Some(self.short), Some(step), residual];
         let (mut best, mut which, mut sustained) = (0.0f64, 0usize, false);
-        // The largest point rarity so far (not the likelihoods): the residual's support.
-        let mut point_best = 0.0f64;
-        let mut pts = [0.0f64; NV];
-        let mut nov_r = 0.0f64;
         // Normalised by the level view as it was before this point, like the views' scores
         // (the level view scores the same normalised value: computed once).
         let mut level_z = None;
+        let mut novelty = 0.0f64;
         if let Some(t) = self.novelty.as_mut() {
             if self.views[0].n >= MIN_VIEW_POINTS {
                 let z = self.views[0].normalised(x);
                 level_z = Some(z);
-                let r = t.observe(z, ts_ms, cfg);
-                nov_r = r;
-                if cfg.support_mask == 0 || cfg.support_mask & 16 != 0 {
-                    point_best = r;
-                }
-                if r > best {
-                    (best, which) = (r, NOVELTY);
+                novelty = t.observe(z, ts_ms, cfg);
+                if novelty > best {
+                    (best, which) = (novelty, NOVELTY);
                 }
             }
         }
+        let mut rarity = [None; NV];
         for (k, v) in views.iter().enumerate() {
             if let Some(v) = *v {
                 let z = if k == 0 { level_z } else { None };
-                let r = self.views[k].observe(v, z, cfg);
-                // A residual that no other point test corroborates is mostly the noise of
-                // the daily profile: it feeds its likelihood below but does not compete.
-                pts[k] = r;
-                let support = point_best.max(cfg.support_prev * self.prev_support);
-                let competes = (k != RESIDUAL || support >= cfg.residual_support)
-                    && (k != 1 || cfg.smoothed_support == 0.0);
-                if competes && r > best {
-                    (best, which, sustained) = (r, k, false);
-                }
-                if cfg.support_mask == 0 || cfg.support_mask >> k & 1 != 0 {
-                    point_best = point_best.max(r);
-                }
-                // A shift in behaviour often shows as many moderately rare points rather
-                // than one very rare one; the likelihood test catches that, per view, so a
-                // view that is always noisy cannot mask a quiet one that changed.
-                if cfg.likelihood_short > 0.0 {
-                    let l = self.likelihood[k].observe(r, cfg);
-                    if l > best {
-                        (best, which, sustained) = (l, k, true);
-                    }
+                rarity[k] = Some(self.views[k].observe(v, z, cfg));
+            }
+        }
+        // A rare smoothed level or residual that no primary test corroborates is mostly
+        // noise (of the average, of the daily profile): it feeds its likelihood below but
+        // does not compete.
+        let primary = novelty
+            .max(rarity[0].unwrap_or(0.0))
+            .max(rarity[STEP].unwrap_or(0.0));
+        for (k, r) in rarity.iter().enumerate() {
+            let Some(r) = *r else { continue };
+            let competes = match k {
+                SMOOTHED => primary >= cfg.smoothed_support,
+                RESIDUAL => primary >= cfg.residual_support,
+                _ => true,
+            };
+            if competes && r > best {
+                (best, which, sustained) = (r, k, false);
+            }
+            // A shift in behaviour often shows as many moderately rare points rather
+            // than one very rare one; the likelihood test catches that, per view, so a
+            // view that is always noisy cannot mask a quiet one that changed.
+            if cfg.likelihood_short > 0.0 {
+                let l = self.likelihood[k].observe(r, cfg);
+                if l > best {
+                    (best, which, sustained) = (l, k, true);
                 }
             }
         }
-        if cfg.smoothed_support > 0.0 {
-            let other = pts[0]
-                .max(pts[2])
-                .max(if cfg.support_prev < 0.0 { 0.0 } else { nov_r })
-                .max(if cfg.support_mask == 99 { pts[3] } else { 0.0 });
-            if other >= cfg.smoothed_support && pts[1] > best {
-                (best, which, sustained) = (pts[1], 1, false);
-            }
-        }
-        self.prev_support = point_best;
         if self.season_n[slot] == 0 {
             self.season[slot] = x;
         } else {

@@ -489,6 +489,13 @@ fn spec_validation_names_the_problem() {
             "residual_support",
         ),
         (
+            DetectorSpec::General(GeneralConfig {
+                smoothed_support: f64::NAN,
+                ..GeneralConfig::default()
+            }),
+            "smoothed_support",
+        ),
+        (
             DetectorSpec::WarmUp {
                 points: 3,
                 inner: Box::new(DetectorSpec::Ewma {
