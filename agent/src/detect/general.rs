@@ -160,10 +160,6 @@ pub struct GeneralConfig {
     /// The same for the smoothed level's point rarity: a smoothed level that is rare while
     /// no primary test is even this rare (nats) is left to its likelihood test.
     pub smoothed_support: f64,
-    /// Experimental: 1 = the profile is interpolated linearly between slot centres.
-    pub season_interp: usize,
-    pub step_support: f64,
-    pub residual_cap: f64,
 }
 
 impl Default for GeneralConfig {
@@ -194,9 +190,6 @@ impl Default for GeneralConfig {
             novelty_scale: 3.0,
             residual_support: 5.0,
             smoothed_support: 2.0,
-            season_interp: 0,
-            step_support: 0.0,
-            residual_cap: 0.0,
         }
     }
 }
@@ -233,8 +226,8 @@ impl GeneralConfig {
             short_alpha, season_alpha, calib_memory, calib_prior, tail_fraction,
             tail_beta_min, alert_nats, alert_threshold, likelihood_short, likelihood_long,
             novelty_radius, novelty_phase, novelty_scale, residual_support,
-            smoothed_support, step_support, residual_cap;
-        counts: warmup, season_slots, cooldown_points, novelty_prototypes, season_interp
+            smoothed_support;
+        counts: warmup, season_slots, cooldown_points, novelty_prototypes
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -857,24 +850,8 @@ impl Detector for GeneralDetector {
         let step = (x - self.prev).abs();
         self.prev = x;
         let slot = self.season_slot(ts_ms);
-        // Experimental interpolation: neighbouring slot centres and the weight of the second.
-        let (i0, i1, w1) = if cfg.season_interp == 1 {
-            let period = cfg.season_period_ms.max(1);
-            let slots = self.season.len();
-            let pos = ts_ms.rem_euclid(period) as f64 / period as f64 * slots as f64 - 0.5;
-            let f = pos.floor();
-            let i0 = (f as i64).rem_euclid(slots as i64) as usize;
-            ((i0), (i0 + 1) % slots, pos - f)
-        } else {
-            (slot, slot, 0.0)
-        };
         // The residual view only exists once the slot has a profile to compare against.
-        let residual = if cfg.season_interp == 1 {
-            (self.season_n[i0] >= 2 && self.season_n[i1] >= 2)
-                .then(|| x - ((1.0 - w1) * self.season[i0] + w1 * self.season[i1]))
-        } else {
-            (self.season_n[slot] >= 2).then(|| x - self.season[slot])
-        };
+        let residual = (self.season_n[slot] >= 2).then(|| x - self.season[slot]);
 
         let views = [Some(x), Some(self.short), Some(step), residual];
         let (mut best, mut which, mut sustained) = (0.0f64, 0usize, false);
@@ -910,21 +887,10 @@ impl Detector for GeneralDetector {
             let competes = match k {
                 SMOOTHED => primary >= cfg.smoothed_support,
                 RESIDUAL => primary >= cfg.residual_support,
-                STEP => {
-                    novelty
-                        .max(rarity[0].unwrap_or(0.0))
-                        .max(rarity[SMOOTHED].unwrap_or(0.0))
-                        >= cfg.step_support
-                }
                 _ => true,
             };
-            let rc = if k == RESIDUAL && cfg.residual_cap > 0.0 {
-                r.min(primary + cfg.residual_cap)
-            } else {
-                r
-            };
-            if competes && rc > best {
-                (best, which, sustained) = (rc, k, false);
+            if competes && r > best {
+                (best, which, sustained) = (r, k, false);
             }
             // A shift in behaviour often shows as many moderately rare points rather
             // than one very rare one; the likelihood test catches that, per view, so a
@@ -936,23 +902,12 @@ impl Detector for GeneralDetector {
                 }
             }
         }
-        if cfg.season_interp == 1 {
-            for (i, w) in [(i0, 1.0 - w1), (i1, w1)] {
-                if self.season_n[i] == 0 {
-                    self.season[i] = x;
-                } else {
-                    self.season[i] += cfg.season_alpha * 2.0 * w * (x - self.season[i]);
-                }
-                self.season_n[i] = self.season_n[i].saturating_add(1);
-            }
+        if self.season_n[slot] == 0 {
+            self.season[slot] = x;
         } else {
-            if self.season_n[slot] == 0 {
-                self.season[slot] = x;
-            } else {
-                self.season[slot] += cfg.season_alpha * (x - self.season[slot]);
-            }
-            self.season_n[slot] = self.season_n[slot].saturating_add(1);
+            self.season[slot] += cfg.season_alpha * (x - self.season[slot]);
         }
+        self.season_n[slot] = self.season_n[slot].saturating_add(1);
 
         self.last_rarity = best;
         self.last_view = which;
