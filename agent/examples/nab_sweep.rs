@@ -533,4 +533,6 @@ const PARAMS: &[&str] = &[
     "novelty_radius",
     "novelty_phase",
     "novelty_scale",
+    "residual_support",
+    "smoothed_support",
 ];

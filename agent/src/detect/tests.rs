@@ -482,6 +482,20 @@ fn spec_validation_names_the_problem() {
             "likelihood_short",
         ),
         (
+            DetectorSpec::General(GeneralConfig {
+                residual_support: -1.0,
+                ..GeneralConfig::default()
+            }),
+            "residual_support",
+        ),
+        (
+            DetectorSpec::General(GeneralConfig {
+                smoothed_support: f64::NAN,
+                ..GeneralConfig::default()
+            }),
+            "smoothed_support",
+        ),
+        (
             DetectorSpec::WarmUp {
                 points: 3,
                 inner: Box::new(DetectorSpec::Ewma {
