@@ -273,6 +273,11 @@ pub struct Job {
     /// watermark, so a close pass visits the devices whose watermark passed that
     /// deadline instead of every key.
     device_keys: Vec<DeviceKeys>,
+    /// Device ids by name (rebuilt when `device_order_dirty`): a close pass visits the
+    /// devices, and each device's keys, in key order, so its results need ordering by
+    /// time only, not by key.
+    device_order: Vec<u32>,
+    device_order_dirty: bool,
     /// Windows of several panes merge them into this, reused between windows.
     merged: Merged,
     /// Results of a close pass, put in order before they go out; kept between passes
@@ -293,9 +298,11 @@ const MAX_KEPT_RESULTS: usize = 4096;
 
 #[derive(Debug, Clone, Default)]
 struct DeviceKeys {
+    /// In key order when `sorted`.
     keys: Vec<u32>,
     /// No key of the device has a window due before this (`i64::MAX`: none).
     deadline: i64,
+    sorted: bool,
 }
 
 impl std::fmt::Debug for Job {
@@ -356,6 +363,8 @@ impl Job {
                 _ => false,
             },
             device_keys: Vec::new(),
+            device_order: Vec::new(),
+            device_order_dirty: true,
             merged: Merged::default(),
             closed: Vec::new(),
             order: Vec::new(),
@@ -657,7 +666,11 @@ impl Job {
         });
         self.live_keys += 1;
         if let Some(d) = device {
-            self.device_keys_mut(d).keys.push(id);
+            let dk = self.device_keys_mut(d);
+            dk.keys.push(id);
+            dk.sorted = dk.keys.len() == 1;
+            // A device's first key: a new device, or an id reused under another name.
+            self.device_order_dirty |= dk.keys.len() == 1;
         }
         Some(id)
     }
@@ -707,6 +720,7 @@ impl Job {
                 DeviceKeys {
                     keys: Vec::new(),
                     deadline: i64::MAX,
+                    sorted: true,
                 },
             );
         }
@@ -724,7 +738,7 @@ impl Job {
             if let Some(d) = k.device {
                 let dk = self.device_keys_mut(d);
                 if let Some(i) = dk.keys.iter().position(|&x| x == id) {
-                    dk.keys.swap_remove(i);
+                    dk.keys.remove(i);
                 }
                 if dk.keys.is_empty() {
                     dk.deadline = i64::MAX;
@@ -1074,11 +1088,26 @@ impl Job {
         let mut min_deadline = i64::MAX;
         let mut emptied = Vec::new();
         if per_device {
-            for (d, dk) in self.device_keys.iter_mut().enumerate() {
-                let wm = self.state.clocks.device_ms(d as u32);
+            if self.device_order_dirty {
+                let clocks = &self.state.clocks;
+                self.device_order.clear();
+                self.device_order.extend(0..self.device_keys.len() as u32);
+                self.device_order
+                    .sort_by(|a, b| clocks.name(*a).cmp(&clocks.name(*b)));
+                self.device_order_dirty = false;
+            }
+            for &d in &self.device_order {
+                let dk = &mut self.device_keys[d as usize];
+                let wm = self.state.clocks.device_ms(d);
                 if dk.deadline > wm {
                     min_deadline = min_deadline.min(dk.deadline);
                     continue;
+                }
+                if !dk.sorted {
+                    let keys = &self.state.keys;
+                    let key = |id: &u32| keys[*id as usize].as_ref().map(|k| &k.key);
+                    dk.keys.sort_unstable_by(|a, b| key(a).cmp(&key(b)));
+                    dk.sorted = true;
                 }
                 let mut next = i64::MAX;
                 for &id in &dk.keys {
@@ -1121,8 +1150,19 @@ impl Job {
             let r = results[*i as usize].as_ref().expect("taken below, once");
             (r.end_ms, r.start_ms, &r.series, r.revision)
         };
-        // Unique per result (a window is emitted once per revision): unstable is stable.
-        order.sort_unstable_by(|a, b| sort_key(a).cmp(&sort_key(b)));
+        if per_device {
+            // Pushed in key order (one result per window, a key's windows by start):
+            // a stable sort by time gives time, then key.
+            order.sort_by_key(|i| {
+                let r = results[*i as usize].as_ref().expect("taken below, once");
+                (r.end_ms, r.start_ms)
+            });
+        } else {
+            // Unique per result (a window is emitted once per revision): unstable is
+            // stable.
+            order.sort_unstable_by(|a, b| sort_key(a).cmp(&sort_key(b)));
+        }
+        debug_assert!(order.is_sorted_by(|a, b| sort_key(a) < sort_key(b)));
         self.stats.windows_emitted += results.len() as u64;
         out.reserve(order.len());
         for &i in &order {
@@ -1162,6 +1202,7 @@ impl Job {
         self.live_keys = self.key_index.len();
         self.min_deadline = i64::MIN;
         self.device_keys.clear();
+        self.device_order_dirty = true;
         for (id, k) in state.keys.iter().enumerate() {
             if let Some(KeyState {
                 device: Some(d),
@@ -1171,6 +1212,7 @@ impl Job {
             {
                 let dk = self.device_keys_mut(*d);
                 dk.keys.push(id as u32);
+                dk.sorted = dk.keys.len() == 1;
                 dk.deadline = dk.deadline.min(*deadline);
             }
         }

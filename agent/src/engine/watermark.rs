@@ -89,6 +89,14 @@ impl Watermarks {
         self.devices.get_mut(id as usize).and_then(Option::as_mut)
     }
 
+    /// The name of device `id`, if it is known.
+    pub fn name(&self, id: u32) -> Option<&str> {
+        self.devices
+            .get(id as usize)
+            .and_then(Option::as_ref)
+            .map(|d| d.name.as_str())
+    }
+
     /// Known devices as (id, name), for rebuilding the name index after a restore.
     pub fn names(&self) -> impl Iterator<Item = (u32, &str)> {
         self.devices
