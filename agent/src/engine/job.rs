@@ -825,6 +825,10 @@ impl Job {
                     // reading touches its pane only.
                     Ok(i) if !per_window && earliest_start.saturating_add(size_ms) > wm => {
                         add_to_pane(aggs, &mut k.panes[i], r);
+                        // Nothing below applies: no window changed, so the key's
+                        // deadline (which the job's and device's minima already
+                        // cover) did not move, it has windows, and nothing was late.
+                        return;
                     }
                     _ if !accepts(latest_start.saturating_add(size_ms)) => {
                         // Too late for the newest window containing it: for all.
