@@ -68,6 +68,8 @@ pub struct JobStats {
 pub(crate) type WinForSize = Win;
 #[cfg(test)]
 pub(crate) type PaneForSize = Pane;
+#[cfg(test)]
+pub(crate) type KeyStateForSize = KeyState;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Win {
@@ -119,7 +121,7 @@ impl Win {
 // an unaligned 120- or 192-byte slot straddles one line more than it needs to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[repr(align(64))]
-struct KeyState {
+pub(crate) struct KeyState {
     key: SeriesKey,
     /// Device clock this key closes on (per-device keys only).
     device: Option<u32>,

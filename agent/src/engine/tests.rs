@@ -593,6 +593,10 @@ fn window_state_size_is_as_documented() {
     assert_eq!(std::mem::size_of::<aggregate::Acc>(), 104);
     assert_eq!(std::mem::size_of::<job::WinForSize>(), 40);
     assert_eq!(std::mem::size_of::<job::PaneForSize>(), 192);
+    assert_eq!(std::mem::size_of::<Option<job::KeyStateForSize>>(), 128);
+    // A reading touches its key's slab entry and newest pane: whole cache lines.
+    assert_eq!(std::mem::align_of::<job::PaneForSize>(), 64);
+    assert_eq!(std::mem::align_of::<job::KeyStateForSize>(), 64);
     assert_eq!(std::mem::size_of::<sketch::Sketch>(), 80);
 }
 
