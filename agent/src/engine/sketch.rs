@@ -178,6 +178,9 @@ impl Store {
                         *slot = slot.saturating_add(c);
                     }
                 }
+                // An empty dense store (a new pane sized like a dense neighbour)
+                // has an offset that means nothing: it adds nothing.
+                Self::Dense(o) if o.counts.is_empty() => {}
                 Self::Dense(o) => {
                     let from = (o.offset - lo) as usize;
                     for (slot, &c) in d.counts[from..from + o.counts.len()]
@@ -624,6 +627,18 @@ mod tests {
                 vs.iter().for_each(|v| s.add(*v));
                 s
             }).collect();
+            // Panes sized like a dense neighbour start as empty dense stores (with a
+            // meaningless offset), and a cleared dense sketch stays dense.
+            let dense = sketches.iter().find(|s| matches!(s.pos, Store::Dense(_)) || matches!(s.neg, Store::Dense(_))).cloned();
+            if let Some(dense) = dense {
+                let mut like = dense.empty_like();
+                sketches.insert(0, like.clone());
+                like.add(-1.0);
+                sketches.push(like);
+                let mut cleared = dense.clone();
+                cleared.clear();
+                sketches.push(cleared);
+            }
             if huge {
                 // A span beyond MAX_BUCKETS takes the collapsing path.
                 let mut s = Sketch::new();
