@@ -160,6 +160,29 @@ pub struct GeneralConfig {
     /// The same for the smoothed level's point rarity: a smoothed level that is rare while
     /// no primary test is even this rare (nats) is left to its likelihood test.
     pub smoothed_support: f64,
+    /// EXPERIMENT (fifth attempt): volatility view, EW mean of the step over this many
+    /// points (0 off).
+    pub vol_horizon: f64,
+    /// Its point rarity competes only when a primary test reaches this (0: alone).
+    pub vol_support: f64,
+    /// 1: the volatility view also feeds a likelihood test.
+    pub vol_like: f64,
+    /// EXPERIMENT: CUSUM test, 0 off, 1 on the level, 2 on the time-of-day residual.
+    pub cusum_mode: usize,
+    /// CUSUM allowance (scales per point).
+    pub cusum_k: f64,
+    /// Horizon (points) of the CUSUM's reference location and scale.
+    pub cusum_base: f64,
+    /// Per-point deviation clip (scales).
+    pub cusum_clip: f64,
+    /// The CUSUM competes only when a primary test reaches this (0: alone).
+    pub cusum_support: f64,
+    /// Its rarity minus this before it competes.
+    pub cusum_discount: f64,
+    /// > 0: the residual's point rarity also competes when the CUSUM reaches this.
+    pub cusum_feeds: f64,
+    /// The CUSUM statistic is multiplied by this before its calibration.
+    pub cusum_scale: f64,
 }
 
 impl Default for GeneralConfig {
@@ -190,6 +213,17 @@ impl Default for GeneralConfig {
             novelty_scale: 3.0,
             residual_support: 5.0,
             smoothed_support: 2.0,
+            vol_horizon: 0.0,
+            vol_support: 0.0,
+            vol_like: 0.0,
+            cusum_mode: 0,
+            cusum_k: 1.0,
+            cusum_base: 200.0,
+            cusum_clip: 5.0,
+            cusum_support: 0.0,
+            cusum_discount: 0.0,
+            cusum_feeds: 0.0,
+            cusum_scale: 1.0,
         }
     }
 }
@@ -226,8 +260,9 @@ impl GeneralConfig {
             short_alpha, season_alpha, calib_memory, calib_prior, tail_fraction,
             tail_beta_min, alert_nats, alert_threshold, likelihood_short, likelihood_long,
             novelty_radius, novelty_phase, novelty_scale, residual_support,
-            smoothed_support;
-        counts: warmup, season_slots, cooldown_points, novelty_prototypes
+            smoothed_support, vol_horizon, vol_support, vol_like, cusum_k, cusum_base,
+            cusum_clip, cusum_support, cusum_discount, cusum_feeds, cusum_scale;
+        counts: warmup, season_slots, cooldown_points, novelty_prototypes, cusum_mode
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -699,6 +734,107 @@ impl NoveltyTest {
     }
 }
 
+/// EXPERIMENT state: volatility view and CUSUM.
+#[derive(Debug, Clone)]
+struct Extra {
+    vol: f64,
+    vol_n: u64,
+    vol_view: View,
+    vol_like: Likelihood,
+    cu_m: f64,
+    cu_s: f64,
+    cu_n: u64,
+    cu_pos: f64,
+    cu_neg: f64,
+    cu_calib: Calib,
+}
+
+impl Extra {
+    fn new() -> Self {
+        Extra {
+            vol: 0.0,
+            vol_n: 0,
+            vol_view: View::new(),
+            vol_like: Likelihood::default(),
+            cu_m: 0.0,
+            cu_s: 0.0,
+            cu_n: 0,
+            cu_pos: 0.0,
+            cu_neg: 0.0,
+            cu_calib: Calib::new(),
+        }
+    }
+
+    /// (volatility point rarity, its likelihood) for this step.
+    fn vol(&mut self, step: f64, cfg: &GeneralConfig) -> (f64, f64) {
+        if cfg.vol_horizon <= 0.0 {
+            return (0.0, 0.0);
+        }
+        self.vol_n += 1;
+        let a = (1.0 / self.vol_n as f64).max(1.0 / cfg.vol_horizon);
+        self.vol += a * (step - self.vol);
+        if (self.vol_n as f64) < cfg.vol_horizon.min(50.0) {
+            return (0.0, 0.0);
+        }
+        let r = self.vol_view.observe(self.vol, None, cfg);
+        let l = if cfg.vol_like > 0.0 && cfg.likelihood_short > 0.0 {
+            self.vol_like.observe(r, cfg)
+        } else {
+            0.0
+        };
+        (r, l)
+    }
+
+    /// CUSUM rarity of value `v` (level or residual).
+    fn cusum(&mut self, v: f64, cfg: &GeneralConfig) -> f64 {
+        self.cu_n += 1;
+        if self.cu_n == 1 {
+            self.cu_m = v;
+            return 0.0;
+        }
+        let s = self.cu_s.max(1e-9 * self.cu_m.abs().max(1.0));
+        let mut u = 0.0;
+        if self.cu_n > 10 && self.cu_s > 0.0 {
+            u = (v - self.cu_m) / s;
+            if cfg.cusum_mode == 3 {
+                u = fast_asinh(u);
+            }
+            if cfg.cusum_mode < 4 {
+                u = u.clamp(-cfg.cusum_clip, cfg.cusum_clip);
+            }
+        }
+        let a = (1.0 / self.cu_n as f64).max(1.0 / cfg.cusum_base);
+        let d = v - self.cu_m;
+        let dl = if self.cu_n > 10 && self.cu_s > 0.0 {
+            d.clamp(-WINSOR * self.cu_s, WINSOR * self.cu_s)
+        } else {
+            d
+        };
+        self.cu_m += a * dl;
+        self.cu_s += a * (dl.abs() - self.cu_s);
+        if cfg.cusum_mode >= 4 {
+            // Run test: +1 per deviation beyond k (by sign), -clip otherwise.
+            let w = cfg.cusum_clip;
+            self.cu_pos = (self.cu_pos + if u > cfg.cusum_k { 1.0 } else { -w }).max(0.0);
+            self.cu_neg = (self.cu_neg + if u < -cfg.cusum_k { 1.0 } else { -w }).max(0.0);
+        } else {
+            self.cu_pos = (self.cu_pos + u - cfg.cusum_k).max(0.0);
+            self.cu_neg = (self.cu_neg - u - cfg.cusum_k).max(0.0);
+        }
+        let stat = cfg.cusum_scale * self.cu_pos.max(self.cu_neg);
+        if self.cu_n <= 30 {
+            return 0.0;
+        }
+        let r = if self.cu_n > 30 + MIN_VIEW_POINTS {
+            self.cu_calib.rarity(stat, cfg)
+        } else {
+            0.0
+        };
+        self.cu_calib.learn(stat, self.cu_n, cfg);
+        (r - cfg.cusum_discount).max(0.0)
+    }
+}
+
 /// See the module docs. Build via [`DetectorSpec::General`](super::DetectorSpec::General) or
 /// [`GeneralDetector::new`]`(GeneralConfig::default())`.
 pub struct GeneralDetector {
@@ -710,6 +846,9 @@ pub struct GeneralDetector {
     likelihood: [Likelihood; NV],
     /// Boxed: when the test is off it costs a pointer, not its calibration.
     novelty: Option<Box<NoveltyTest>>,
+    extra: Option<Box<Extra>>,
+    /// EXPERIMENT: (volatility point, volatility likelihood, CUSUM) rarities of the last point.
+    pub last_extra: [f64; 3],
     season: Vec<f64>,
     season_n: Vec<u32>,
     sup: Suppressor,
@@ -732,6 +871,8 @@ impl GeneralDetector {
             views: std::array::from_fn(|_| View::new()),
             likelihood: [Likelihood::default(); NV],
             novelty: NoveltyTest::new(&cfg).map(Box::new),
+            last_extra: [0.0; 3],
+            extra: (cfg.vol_horizon > 0.0 || cfg.cusum_mode > 0).then(|| Box::new(Extra::new())),
             season: vec![0.0; slots],
             season_n: vec![0; slots],
             last_value: 0.0,
@@ -879,6 +1020,17 @@ impl Detector for GeneralDetector {
         // A rare smoothed level or residual that no primary test corroborates is mostly
         // noise (of the average, of the daily profile): it feeds its likelihood below but
         // does not compete.
+        let mut cu = 0.0f64;
+        if let Some(e) = self.extra.as_mut() {
+            let cv = match cfg.cusum_mode {
+                1 | 5 => Some(x),
+                2..=4 => residual,
+                _ => None,
+            };
+            if let Some(v) = cv {
+                cu = e.cusum(v, cfg);
+            }
+        }
         let primary = novelty
             .max(rarity[0].unwrap_or(0.0))
             .max(rarity[STEP].unwrap_or(0.0));
@@ -886,7 +1038,10 @@ impl Detector for GeneralDetector {
             let Some(r) = *r else { continue };
             let competes = match k {
                 SMOOTHED => primary >= cfg.smoothed_support,
-                RESIDUAL => primary >= cfg.residual_support,
+                RESIDUAL => {
+                    primary >= cfg.residual_support
+                        || (cfg.cusum_feeds > 0.0 && cu >= cfg.cusum_feeds)
+                }
                 _ => true,
             };
             if competes && r > best {
@@ -900,6 +1055,19 @@ impl Detector for GeneralDetector {
                 if l > best {
                     (best, which, sustained) = (l, k, true);
                 }
+            }
+        }
+        if let Some(e) = self.extra.as_mut() {
+            let (vr, vl) = e.vol(step, cfg);
+            self.last_extra = [vr, vl, cu];
+            if vr > best && primary >= cfg.vol_support {
+                (best, which, sustained) = (vr, 0, false);
+            }
+            if vl > best {
+                (best, which, sustained) = (vl, 0, true);
+            }
+            if cu > best && primary >= cfg.cusum_support {
+                (best, which, sustained) = (cu, 0, true);
             }
         }
         if self.season_n[slot] == 0 {
