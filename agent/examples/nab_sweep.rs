@@ -67,7 +67,6 @@ fn main() -> Result<()> {
     let mut data: Option<PathBuf> = None;
     let mut pm20 = false;
     let mut detail = false;
-    let mut probe = false;
     let mut jitter = false;
     let mut search = false;
     let mut only: Vec<String> = Vec::new();
@@ -80,7 +79,6 @@ fn main() -> Result<()> {
             "--data" => data = Some(args.next().context("--data needs a directory")?.into()),
             "--pm20" => pm20 = true,
             "--detail" => detail = true,
-            "--probe" => probe = true,
             "--jitter" => jitter = true,
             "--search" => search = true,
             "--dump" => dump = Some(args.next().context("--dump needs a file")?.into()),
@@ -134,9 +132,6 @@ fn main() -> Result<()> {
         cfg.validate().map_err(anyhow::Error::msg)?;
         if let Some(path) = dump.take() {
             write_dump(&corpus, &cfg, &path)?;
-        }
-        if probe {
-            print_probe(&corpus, &cfg);
         }
         if detail {
             let s = evaluate(&corpus, &cfg);
@@ -298,54 +293,6 @@ fn evaluate_at(corpus: &[Series], cfg: &GeneralConfig, fixed: Option<f64>) -> Ve
 /// Per series at `threshold`: each window's first detection (rows after the window start,
 /// as a fraction of its width; "miss" if none) and the false-positive rows after probation,
 /// each tagged with the test that fired: `P<view>` a point rarity, `L<view>` a likelihood.
-/// EXPERIMENT: per window, the max of each extra test inside; per series, rows outside
-/// windows (after probation) where it reaches 8 nats.
-fn print_probe(corpus: &[Series], cfg: &GeneralConfig) {
-    let mut tot = [0usize; 3];
-    for s in corpus {
-        let mut det = GeneralDetector::new(cfg.clone());
-        let ex: Vec<[f64; 3]> =
-            s.ts.iter()
-                .zip(&s.values)
-                .map(|(&t, &v)| {
-                    det.update(t, v);
-                    det.last_extra
-                })
-                .collect();
-        let n = ex.len();
-        let probation = ((0.15 * n as f64).floor() as usize).min(750);
-        let inside = |i: usize| s.windows.iter().any(|&(a, b)| (a..=b).contains(&i));
-        let mut out = [0usize; 3];
-        for i in probation..n {
-            if !inside(i) {
-                for k in 0..3 {
-                    if ex[i][k] >= cfg.alert_nats {
-                        out[k] += 1;
-                    }
-                }
-            }
-        }
-        for k in 0..3 {
-            tot[k] += out[k];
-        }
-        let w: Vec<String> = s
-            .windows
-            .iter()
-            .map(|&(a, b)| {
-                let m = |k: usize| (a..=b).map(|i| ex[i][k]).fold(0.0f64, f64::max);
-                format!("{:.1}/{:.1}/{:.1}", m(0), m(1), m(2))
-            })
-            .collect();
-        println!(
-            "  {:<55} windows [{}] rows>=alert outside {:?}",
-            s.rel,
-            w.join(" "),
-            out
-        );
-    }
-    println!("  total rows >= alert outside windows {tot:?}");
-}
-
 fn print_detail(corpus: &[Series], cfg: &GeneralConfig, threshold: f64) {
     for s in corpus {
         let mut det = GeneralDetector::new(cfg.clone());
@@ -588,4 +535,8 @@ const PARAMS: &[&str] = &[
     "novelty_scale",
     "residual_support",
     "smoothed_support",
+    "run_memory",
+    "run_deviation",
+    "run_decrement",
+    "run_scale",
 ];
