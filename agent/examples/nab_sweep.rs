@@ -535,4 +535,8 @@ const PARAMS: &[&str] = &[
     "novelty_scale",
     "residual_support",
     "smoothed_support",
+    "run_memory",
+    "run_deviation",
+    "run_decrement",
+    "run_scale",
 ];

@@ -336,16 +336,17 @@ fn warmup_scores_zero() {
 fn general_is_deterministic_and_small() {
     let xs = noise(11, 5000);
     assert_eq!(scores(&general(), &xs), scores(&general(), &xs));
-    // ~9.5 KiB of histograms and profile plus ~7 KiB for the novelty's 256 prototypes.
+    // ~9.5 KiB of histograms and profile, ~7 KiB for the novelty's 256 prototypes, ~1 KiB
+    // for the residual run test's calibration.
     let d = general().build();
-    assert!(d.state_bytes() < 17 * 1024, "{}", d.state_bytes());
+    assert!(d.state_bytes() < 18 * 1024, "{}", d.state_bytes());
     let without = DetectorSpec::General(GeneralConfig {
         novelty_prototypes: 0,
         ..GeneralConfig::default()
     })
     .build();
     assert!(
-        without.state_bytes() < 10 * 1024,
+        without.state_bytes() < 11 * 1024,
         "{}",
         without.state_bytes()
     );
@@ -384,7 +385,54 @@ fn general_with_novelty_round_trips_and_stays_small() {
     let mut r = StateReader(&buf);
     assert!(!(plain.load_state(&mut r) && r.is_empty()));
     let bytes = GeneralDetector::new(cfg).state_bytes();
-    assert!(bytes < 17 * 1024, "{bytes}");
+    assert!(bytes < 18 * 1024, "{bytes}");
+}
+
+/// Hourly values with a daily pattern: six values in a row sit 3 noise deviations above
+/// the profile of their hours, well inside the series' range (the daily swing is ±10). The residual run test flags it (and names itself); without it the detector
+/// stays quiet (at 3.5 deviations the residual view already flags the first of them).
+#[test]
+fn general_residual_run() {
+    let per_day = 24;
+    let mut r = Rng::new(21);
+    let n = per_day * 40;
+    let onset = per_day * 35 + 1;
+    let xs: Vec<f64> = (0..n)
+        .map(|i| {
+            let phase = (i % per_day) as f64 / per_day as f64 * std::f64::consts::TAU;
+            let lift = if (onset..onset + 6).contains(&i) {
+                3.0
+            } else {
+                0.0
+            };
+            50.0 + 10.0 * phase.sin() + lift + r.gauss()
+        })
+        .collect();
+    let run = |cfg: GeneralConfig| {
+        let mut d = GeneralDetector::new(cfg);
+        let mut why = String::new();
+        let s: Vec<f64> = xs
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| {
+                let v = d.update(T0 + i as i64 * 60 * MIN, x);
+                if i >= onset && v >= DEFAULT_ALERT_THRESHOLD && why.is_empty() {
+                    why = d.reason();
+                }
+                v
+            })
+            .collect();
+        (s, why)
+    };
+    let (s, why) = run(GeneralConfig::default());
+    let a = first_alert(&s, onset).expect("residual run not flagged");
+    assert!(a < onset + 6, "flagged at {a}, onset {onset}");
+    assert!(why.contains("residual has stayed"), "{why}");
+    let (s, _) = run(GeneralConfig {
+        run_memory: 0.0,
+        ..GeneralConfig::default()
+    });
+    assert_eq!(first_alert(&s, onset), None);
 }
 
 #[test]
