@@ -197,7 +197,7 @@ impl Default for GeneralConfig {
             season_period_ms: 86_400_000,
             season_slots: 48,
             season_alpha: 0.05,
-            calib_memory: 3000.0,
+            calib_memory: 3350.0,
             calib_prior: 0.1,
             tail_fraction: 0.05,
             tail_beta_min: 1.0,
@@ -213,7 +213,7 @@ impl Default for GeneralConfig {
             residual_support: 5.0,
             smoothed_support: 2.0,
             run_memory: 240.0,
-            run_deviation: 3.1,
+            run_deviation: 3.05,
             run_decrement: 0.35,
             run_scale: 10.0,
         }
