@@ -81,7 +81,10 @@ pub struct Pipeline {
     /// Every job's key hasher: a reading's series is hashed once for all the jobs
     /// that key by it.
     hasher: ahash::RandomState,
-    /// Whether any job keys by series ([`Job::keys_by_series`]).
+    /// Per job: whether it keys by series ([`Job::keys_by_series`]), so it takes the
+    /// reading's series hash (fixed once the jobs are built).
+    by_series: Vec<bool>,
+    /// Any of `by_series`.
     hash_series: bool,
 }
 
@@ -118,6 +121,7 @@ impl Pipeline {
             .collect();
         Self {
             template,
+            by_series: jobs.iter().map(Job::keys_by_series).collect(),
             hash_series: jobs.iter().any(Job::keys_by_series),
             hasher,
             jobs,
@@ -402,8 +406,9 @@ impl Pipeline {
         let hash = self
             .hash_series
             .then(|| self.hasher.hash_one(&reading.series));
-        for (job, det) in self.jobs.iter_mut().zip(&mut self.detectors) {
-            let hash = hash.filter(|_| job.keys_by_series());
+        let jobs = self.jobs.iter_mut().zip(&mut self.detectors);
+        for ((job, det), &by_series) in jobs.zip(&self.by_series) {
+            let hash = hash.filter(|_| by_series);
             job.process_hashed(reading, arrival_ms, hash, out);
             det.process(reading, out);
         }

@@ -193,3 +193,81 @@ fn agent_keeps_running_while_the_fleet_is_unreachable() {
     );
     assert_eq!(agent.proc.terminate(Duration::from_secs(20)), Some(0));
 }
+
+/// `fieldline-agent nab` through the binary: one output row per input row under the
+/// NAB header, a spike scores highest in its file, and a malformed row is named by file
+/// and line (exit 1) while the files read before it (in path order) keep their complete
+/// outputs.
+#[test]
+fn nab_command_scores_every_row_and_names_a_bad_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, out) = (dir.path().join("data"), dir.path().join("out"));
+    let t0 = 1_388_534_400_000i64; // 2014-01-01 00:00:00 UTC
+    let stamp = |i: i64| {
+        let s = (t0 / 1000) + i * 300;
+        let (days, secs) = (s.div_euclid(86_400), s.rem_euclid(86_400));
+        // January 2014 only: day of month from the epoch day.
+        let day = days - 16_071 + 1;
+        format!(
+            "2014-01-{day:02} {:02}:{:02}:00",
+            secs / 3600,
+            secs / 60 % 60
+        )
+    };
+    let mut spikes = Vec::new();
+    for (cat, n, spike) in [("catA", 1200, 1000), ("catB", 800, 700)] {
+        std::fs::create_dir_all(data.join(cat)).unwrap();
+        let mut text = String::from("timestamp,value\n");
+        for i in 0..n {
+            let v = if i == spike { 50.0 } else { (i % 7) as f64 };
+            text.push_str(&format!("{},{v}\n", stamp(i)));
+        }
+        std::fs::write(data.join(cat).join("s.csv"), text).unwrap();
+        spikes.push((cat, n, stamp(spike)));
+    }
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let (code, _, stderr) = run("fieldline-agent", &["nab", "--data", d, "--out", o]);
+    assert_eq!(code, 0, "{stderr}");
+    for (cat, n, spike_ts) in &spikes {
+        let res = std::fs::read_to_string(out.join(cat).join("s.csv")).unwrap();
+        let lines: Vec<&str> = res.lines().collect();
+        assert_eq!(lines[0], "timestamp,anomaly_score");
+        assert_eq!(lines.len() as i64, n + 1, "one row per input row in {cat}");
+        assert_eq!(
+            lines[1],
+            format!("{},{}", stamp(0), lines[1].split(',').nth(1).unwrap())
+        );
+        let scores: Vec<(&str, f64)> = lines[1..]
+            .iter()
+            .map(|l| {
+                let (ts, s) = l.split_once(',').unwrap();
+                (ts, s.parse::<f64>().unwrap())
+            })
+            .collect();
+        assert!(scores.iter().all(|(_, s)| (0.0..=1.0).contains(s)));
+        let top = scores.iter().max_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
+        assert_eq!(top.0, spike_ts, "the spike scores highest in {cat}");
+        assert!(top.1 > 0.5, "{top:?}");
+    }
+
+    std::fs::write(
+        data.join("catB/trunc.csv"),
+        format!("timestamp,value\n{},1\noops\n", stamp(0)),
+    )
+    .unwrap();
+    std::fs::remove_dir_all(&out).unwrap();
+    let (code, _, stderr) = run("fieldline-agent", &["nab", "--data", d, "--out", o]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("trunc.csv:3") && stderr.contains("found 1"),
+        "{stderr}"
+    );
+    for (cat, n, _) in &spikes {
+        let res = std::fs::read_to_string(out.join(cat).join("s.csv")).unwrap();
+        assert_eq!(
+            res.lines().count() as i64,
+            n + 1,
+            "{cat} is complete despite trunc.csv"
+        );
+    }
+}

@@ -457,9 +457,7 @@ impl View {
 
     /// `asinh` of the distance from the running location in running scales.
     fn normalised(&self, f: f64) -> f64 {
-        // Floor relative to the level: a constant series still gets finite, large z on change.
-        let s = self.scale.max(1e-9 * self.loc.abs().max(1.0));
-        fast_asinh((f - self.loc) / s)
+        fast_asinh(standardised(f, self.loc, self.scale))
     }
 
     fn bin(&self, f: f64, bpu: f64) -> usize {
@@ -498,26 +496,17 @@ impl View {
         if self.n >= MIN_VIEW_POINTS {
             let z = z.unwrap_or_else(|| self.normalised(f));
             let r = self.surprisal(bin_of(z, cfg.bins_per_unit), cfg);
-            rarity = self.calib.rarity(r, cfg);
-            self.calib.learn(r, self.n, cfg);
+            rarity = self.calib.score_and_learn(r, self.n, true, cfg);
         }
         self.n += 1;
-        if self.n == 1 {
-            self.loc = f;
-        } else {
-            // 1/n until the horizon is reached: fast start, then slow tracking.
-            let a = (1.0 / self.n as f64).max(1.0 / cfg.scale_memory);
-            let mut d = f - self.loc;
-            // Winsorise once the scale is established: one absurd reading must not inflate
-            // the scale for thousands of points (a real regime change still moves it
-            // geometrically, and the histogram sees it at once).
-            if self.n > MIN_VIEW_POINTS && self.scale > 0.0 {
-                let lim = WINSOR * self.scale;
-                d = d.clamp(-lim, lim);
-            }
-            self.loc += a * d;
-            self.scale += a * (d.abs() - self.scale);
-        }
+        track(
+            &mut self.loc,
+            &mut self.scale,
+            f,
+            self.n,
+            cfg.scale_memory,
+            MIN_VIEW_POINTS,
+        );
         // Skip the first few points: the normaliser is still jumping around.
         if self.n >= 5 {
             let b = self.bin(f, cfg.bins_per_unit);
@@ -525,6 +514,33 @@ impl View {
         }
         rarity
     }
+}
+
+/// Running location and mean absolute deviation of a stream after its `n`-th value `x`:
+/// the first value is the location; then an exponential average with weight 1/n until
+/// `horizon` is reached (fast start, then slow tracking). Past `settled` points with a
+/// spread, deviations are winsorised at `WINSOR` spreads: one absurd reading must not
+/// inflate the spread for thousands of points (a real regime change still moves it
+/// geometrically).
+fn track(loc: &mut f64, spread: &mut f64, x: f64, n: u64, horizon: f64, settled: u64) {
+    if n == 1 {
+        *loc = x;
+        return;
+    }
+    let a = (1.0 / n as f64).max(1.0 / horizon);
+    let mut d = x - *loc;
+    if n > settled && *spread > 0.0 {
+        let lim = WINSOR * *spread;
+        d = d.clamp(-lim, lim);
+    }
+    *loc += a * d;
+    *spread += a * (d.abs() - *spread);
+}
+
+/// `x` in spreads from `loc`, the spread floored relative to the level (a constant
+/// stream still gets a finite, large value on change).
+fn standardised(x: f64, loc: f64, spread: f64) -> f64 {
+    (x - loc) / spread.max(1e-9 * loc.abs().max(1.0))
 }
 
 /// Calibration of one surprisal stream against its own history: a forgetting histogram of
@@ -578,6 +594,14 @@ impl Calib {
         };
         let tail = raw_tail / self.cal.w;
         -((tail + cfg.calib_prior) / (self.cal.total() + cfg.calib_prior)).ln()
+    }
+
+    /// [`Calib::rarity`] of `r` if `scored` (0 while the stream is immature), then learns
+    /// it as the stream's `n`-th point.
+    fn score_and_learn(&mut self, r: f64, n: u64, scored: bool, cfg: &GeneralConfig) -> f64 {
+        let rarity = if scored { self.rarity(r, cfg) } else { 0.0 };
+        self.learn(r, n, cfg);
+        rarity
     }
 
     /// Learns surprisal `r`, the stream's `n`-th point (the tail threshold is re-read every
@@ -712,13 +736,8 @@ impl NoveltyTest {
         };
         self.n += 1;
         let r = cfg.novelty_scale * d;
-        let rarity = if self.n > MIN_VIEW_POINTS {
-            self.calib.rarity(r, cfg)
-        } else {
-            0.0
-        };
-        self.calib.learn(r, self.n, cfg);
-        rarity
+        self.calib
+            .score_and_learn(r, self.n, self.n > MIN_VIEW_POINTS, cfg)
     }
 
     fn save(&self, w: &mut StateWriter) {
@@ -777,18 +796,19 @@ impl ResidualRun {
             return 0.0;
         }
         let started = self.n > RUN_START && self.dev > 0.0;
-        let mut u = 0.0;
-        if started {
-            let s = self.dev.max(1e-9 * self.loc.abs().max(1.0));
-            u = (v - self.loc) / s;
-        }
-        let a = (1.0 / self.n as f64).max(1.0 / cfg.run_memory);
-        let mut d = v - self.loc;
-        if started {
-            d = d.clamp(-WINSOR * self.dev, WINSOR * self.dev);
-        }
-        self.loc += a * d;
-        self.dev += a * (d.abs() - self.dev);
+        let u = if started {
+            standardised(v, self.loc, self.dev)
+        } else {
+            0.0
+        };
+        track(
+            &mut self.loc,
+            &mut self.dev,
+            v,
+            self.n,
+            cfg.run_memory,
+            RUN_START,
+        );
         let step =
             |run: f64, beyond: bool| (run + if beyond { 1.0 } else { -cfg.run_decrement }).max(0.0);
         self.up = step(self.up, u > cfg.run_deviation);
@@ -797,13 +817,8 @@ impl ResidualRun {
             return 0.0;
         }
         let r = cfg.run_scale * self.up.max(self.down);
-        let rarity = if self.n > RUN_SCORE + MIN_VIEW_POINTS {
-            self.calib.rarity(r, cfg)
-        } else {
-            0.0
-        };
-        self.calib.learn(r, self.n, cfg);
-        rarity
+        let scored = self.n > RUN_SCORE + MIN_VIEW_POINTS;
+        self.calib.score_and_learn(r, self.n, scored, cfg)
     }
 
     fn save(&self, w: &mut StateWriter) {

@@ -1160,8 +1160,8 @@ impl Job {
             // Pushed in key order (one result per window, a key's windows by start):
             // a stable sort by time gives time, then key.
             order.sort_by_key(|i| {
-                let r = results[*i as usize].as_ref().expect("taken below, once");
-                (r.end_ms, r.start_ms)
+                let (end, start, ..) = sort_key(i);
+                (end, start)
             });
         } else {
             // Unique per result (a window is emitted once per revision): unstable is
